@@ -1,0 +1,8 @@
+"""Inference engines over reasoning programs; each returns a ``ppl.Posterior``."""
+
+from inference.importance import importance
+from inference.resampling import RESAMPLERS
+from inference.runs import run
+from inference.smc import smc
+
+__all__ = ["RESAMPLERS", "importance", "run", "smc"]

@@ -1,0 +1,38 @@
+"""Importance sampling: best-of-N, self-consistency and weighted voting."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from inference.population import run_population
+from ppl.posterior import Posterior
+
+
+def importance(
+    program: Callable, *args, num_particles: int, seed: int | None = None, **kwargs
+) -> Posterior:
+    """Importance sampling with the program's own choices as the proposal.
+
+    What it estimates: ``num_particles`` independent executions, each weighted
+    by ``prod p/q`` over its random choices times its factors. The
+    self-normalized weights estimate posterior expectations consistently;
+    ``exp(log_evidence)`` is an unbiased estimate of ``Z``. The posterior's
+    views are the usual inference-time scaling recipes:
+    ``answer_distribution()`` is the weighted vote, ``map_answer()`` its mode
+    (best-of-N when the weight is a verifier score), and
+    ``majority_answer()`` the unweighted self-consistency vote.
+
+    Example:
+        >>> post = ppl.importance(solve, lm, question, num_particles=32, seed=0)  # doctest: +SKIP
+        >>> post.majority_answer()                                             # doctest: +SKIP
+    """
+    return run_population(
+        program,
+        args,
+        kwargs,
+        num_particles=num_particles,
+        resampler=None,
+        ess_threshold=0.0,
+        seed=seed,
+        method="importance",
+    )

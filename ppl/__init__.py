@@ -1,0 +1,83 @@
+"""pplscale: reasoning programs over language models, and inference engines to run them.
+
+Example:
+    >>> import ppl, models
+    >>> lm = models.default_lm()  # doctest: +SKIP
+    >>> @ppl.program
+    ... def no_e(lm, prompt):
+    ...     text = prompt
+    ...     for i in range(4):
+    ...         word = ppl.step(f"w{i}", lm, text, stop=(" ",), max_tokens=6)
+    ...         ppl.condition(f"ok{i}", "e" not in word.lower())
+    ...         text += word
+    ...     ppl.answer(text)
+    >>> ppl.smc(no_e, lm, "The", num_particles=16, seed=0).summary()  # doctest: +SKIP
+"""
+
+from inference import importance, run, smc
+from ppl.distributions import LMStep
+from ppl.errors import (
+    BackendError,
+    DuplicateSiteError,
+    EmptyPosteriorError,
+    InvalidArgumentError,
+    MissingAnswerError,
+    ModelNotInstalledError,
+    PPLError,
+    ProgramError,
+    ReplayDivergenceError,
+    SerializationError,
+)
+from ppl.lm import LM, ScoreRequest, StepRequest, StepResult
+from ppl.posterior import Cost, Posterior
+from ppl.primitives import (
+    Program,
+    answer,
+    condition,
+    factor,
+    memo,
+    observe,
+    program,
+    sample,
+    step,
+    twist,
+)
+from ppl.trace import Site, Trace
+from ppl.values import Chat, Step
+
+__all__ = [
+    "LM",
+    "BackendError",
+    "Chat",
+    "Cost",
+    "DuplicateSiteError",
+    "EmptyPosteriorError",
+    "InvalidArgumentError",
+    "LMStep",
+    "MissingAnswerError",
+    "ModelNotInstalledError",
+    "PPLError",
+    "Posterior",
+    "Program",
+    "ProgramError",
+    "ReplayDivergenceError",
+    "ScoreRequest",
+    "SerializationError",
+    "Site",
+    "Step",
+    "StepRequest",
+    "StepResult",
+    "Trace",
+    "answer",
+    "condition",
+    "factor",
+    "importance",
+    "memo",
+    "observe",
+    "program",
+    "run",
+    "sample",
+    "smc",
+    "step",
+    "twist",
+]

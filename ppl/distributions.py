@@ -1,0 +1,79 @@
+"""``LMStep``: one reasoning step as a Pyro distribution over text."""
+
+from __future__ import annotations
+
+import torch
+from pyro.distributions import TorchDistribution
+from torch.distributions import constraints
+
+from ppl.errors import InvalidArgumentError
+from ppl.lm import LM, Context, ScoreRequest, StepRequest
+from ppl.values import Chat, Step
+
+
+class LMStep(TorchDistribution):
+    """Distribution over the next step of text that ``lm`` writes after ``context``.
+
+    Sampling draws tokens at ``temperature`` until a stop string, EOS or
+    ``max_tokens``; the target density is always the temperature-1 model, and
+    inference engines weight by ``log p - log q`` to correct the proposal.
+    ``log_prob`` scores a given ``Step`` (its ``token_ids``) with the model.
+
+    Example:
+        >>> d = LMStep(lm, "The sky is", stop=(".",), max_tokens=8)  # doctest: +SKIP
+        >>> s = d.sample(); d.log_prob(s)                            # doctest: +SKIP
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real  # text has no torch support; declared for Pyro's checks
+    has_rsample = False
+
+    def __init__(
+        self,
+        lm: LM,
+        context: Context,
+        *,
+        stop: tuple[str, ...] | list[str] = ("\n",),
+        max_tokens: int = 64,
+        temperature: float = 1.0,
+    ):
+        if not isinstance(context, str | Chat):
+            raise InvalidArgumentError(
+                f"step context must be a str or ppl.Chat, got {type(context).__name__}"
+            )
+        if isinstance(stop, str):
+            stop = (stop,)
+        if not all(isinstance(s, str) and s for s in stop):
+            raise InvalidArgumentError(f"stop must be a tuple of non-empty strings, got {stop!r}")
+        if not (isinstance(max_tokens, int) and max_tokens >= 1):
+            raise InvalidArgumentError(f"max_tokens must be a positive int, got {max_tokens!r}")
+        if not temperature > 0:
+            raise InvalidArgumentError(
+                f"temperature must be > 0 (the proposal must cover the model), got {temperature!r}"
+            )
+        if not hasattr(lm, "sample_steps"):
+            raise InvalidArgumentError(f"lm must be a backend with sample_steps, got {lm!r}")
+        self.lm = lm
+        self.request = StepRequest(
+            context=context if isinstance(context, Chat) else str(context),
+            stop=tuple(stop),
+            max_tokens=max_tokens,
+            temperature=float(temperature),
+        )
+        super().__init__(batch_shape=torch.Size(), event_shape=torch.Size(), validate_args=False)
+
+    def sample(self, sample_shape=torch.Size()) -> Step:
+        if sample_shape != torch.Size():
+            raise InvalidArgumentError("LMStep draws one step at a time")
+        (result,) = self.lm.sample_steps([self.request])
+        return Step(
+            result.text, token_ids=result.token_ids, logp=result.logp, finished=result.finished
+        )
+
+    def log_prob(self, value: Step) -> torch.Tensor:
+        if not isinstance(value, Step):
+            raise InvalidArgumentError(
+                f"LMStep.log_prob needs a Step (it scores token ids), got {type(value).__name__}"
+            )
+        (logp,) = self.lm.score_steps([ScoreRequest(self.request.context, value.token_ids)])
+        return torch.tensor(logp)

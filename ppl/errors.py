@@ -1,0 +1,48 @@
+"""Every exception pplscale raises on purpose, in one place.
+
+Messages say what was wrong, where (program, site, particle) and what to do.
+"""
+
+
+class PPLError(Exception):
+    """Base class of all pplscale errors."""
+
+
+class ProgramError(PPLError):
+    """A reasoning program is malformed (bad site, missing answer, ...)."""
+
+
+class DuplicateSiteError(ProgramError):
+    """Two sites of one execution share a name."""
+
+
+class MissingAnswerError(ProgramError):
+    """A program returned without calling ``ppl.answer``."""
+
+
+class ReplayDivergenceError(ProgramError):
+    """Re-executing a program took a different path for the same recorded values.
+
+    Programs must be deterministic given the values of their random sites: all
+    randomness has to go through ``ppl.step`` / ``ppl.sample``.
+    """
+
+
+class InvalidArgumentError(PPLError, ValueError):
+    """An argument to a primitive, engine or backend is out of range."""
+
+
+class EmptyPosteriorError(PPLError):
+    """Every particle has weight zero: no answer can be reported."""
+
+
+class BackendError(PPLError):
+    """A language-model backend failed or returned something malformed."""
+
+
+class ModelNotInstalledError(BackendError):
+    """The embedded model's package is not installed."""
+
+
+class SerializationError(PPLError):
+    """A value in a posterior cannot be written to or read from JSON."""

@@ -1,0 +1,82 @@
+"""What the runtime needs from a language-model backend.
+
+Backends (``models.TransformersLM``, ``models.OpenAILM``) implement ``LM``. The
+runtime only ever calls the two batched methods, so one call serves every live
+particle.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+from ppl.values import Chat
+
+Context = str | Chat
+
+
+@dataclass(frozen=True, slots=True)
+class StepRequest:
+    """Generate one step after ``context`` until a stop string, EOS or ``max_tokens``."""
+
+    context: Context
+    stop: tuple[str, ...] = ("\n",)
+    max_tokens: int = 64
+    temperature: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """One generated step.
+
+    ``logp`` is the log-probability of ``token_ids`` under the model at
+    temperature 1; ``logq`` under the proposal actually used (temperature,
+    logits processors). Importance weights use ``logp - logq``.
+    """
+
+    text: str
+    token_ids: tuple[int, ...]
+    logp: float
+    logq: float
+    finished: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreRequest:
+    """Score given continuation tokens after ``context`` under the temperature-1 model."""
+
+    context: Context
+    token_ids: tuple[int, ...]
+
+
+@dataclass(slots=True)
+class LMStats:
+    """Running counters of the work a backend did."""
+
+    sample_calls: int = 0
+    score_calls: int = 0
+    forward_calls: int = 0
+    prefill_calls: int = 0
+    tokens_generated: int = 0
+    tokens_scored: int = 0
+    tokens_prefilled: int = 0
+
+    def snapshot(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class LM(abc.ABC):
+    """A batched language-model backend; ``stats`` counts the work it did."""
+
+    stats: LMStats
+
+    @abc.abstractmethod
+    def sample_steps(
+        self, requests: Sequence[StepRequest], *, seed: int | None = None
+    ) -> list[StepResult]:
+        """Generate one step per request, in one batched call; reproducible for a given seed."""
+
+    @abc.abstractmethod
+    def score_steps(self, requests: Sequence[ScoreRequest]) -> list[float]:
+        """Log-probability of each request's tokens after its context (temperature 1)."""

@@ -1,0 +1,395 @@
+"""``Posterior``: weighted traces from any engine, with their uncertainty report."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import numpy as np
+from scipy.special import logsumexp
+
+from ppl.errors import EmptyPosteriorError, InvalidArgumentError, SerializationError
+from ppl.serialization import decode, encode
+from ppl.trace import Site, Trace
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Cost:
+    """Work spent by a run: tokens, backend calls, verifier (memo) calls, wall time."""
+
+    tokens_generated: int = 0
+    tokens_prefilled: int = 0
+    tokens_scored: int = 0
+    lm_calls: int = 0
+    verifier_calls: int = 0
+    wall_seconds: float = 0.0
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+
+@dataclass(frozen=True)
+class Round:
+    """One round of a population run, for the genealogy.
+
+    Slot ``i`` of this round descends from slot ``ancestors[i]`` of the previous
+    round. ``texts[i]`` is the choice slot ``i`` made this round (None when it
+    made none), ``log_weights`` the weights before any resampling, and
+    ``resampled`` whether ``ancestors`` came from a resampling event.
+    """
+
+    ancestors: tuple[int, ...]
+    texts: tuple[str | None, ...]
+    log_weights: tuple[float, ...]
+    resampled: bool
+
+
+def normalized_weights(log_weights: np.ndarray) -> np.ndarray:
+    """Self-normalized weights; all zeros when every weight is ``-inf``."""
+    log_weights = np.asarray(log_weights, dtype=float)
+    if log_weights.size == 0 or not np.isfinite(log_weights).any():
+        return np.zeros_like(log_weights)
+    return np.exp(log_weights - logsumexp(log_weights))
+
+
+def effective_sample_size(log_weights: np.ndarray) -> float:
+    """Kish's ESS ``(sum w)^2 / sum w^2``; 0 when every weight is ``-inf``."""
+    weights = normalized_weights(log_weights)
+    total = float(np.sum(weights**2))
+    return 1.0 / total if total > 0 else 0.0
+
+
+class Posterior:
+    """Weighted traces of a reasoning program and the report every engine shares.
+
+    ``log_weights`` are unnormalized: within each run, ``logsumexp - log N`` is
+    that run's log-evidence estimate. Runs (chains) are independent;
+    ``run_index[i]`` says which run particle ``i`` came from.
+
+    Example:
+        >>> post = ppl.smc(coin, num_particles=64, seed=0)  # doctest: +SKIP
+        >>> post.answer_distribution(), post.log_evidence   # doctest: +SKIP
+        ({1: 0.52, 0: 0.48}, -0.69)
+    """
+
+    def __init__(
+        self,
+        particles: list[Trace],
+        log_weights,
+        *,
+        run_index=None,
+        log_evidences=None,
+        ess_history: list[list[float]] | None = None,
+        rounds: list[list[Round]] | None = None,
+        cost: Cost | None = None,
+        method: str = "",
+        info: dict[str, Any] | None = None,
+    ):
+        self.particles = list(particles)
+        self.log_weights = np.asarray(log_weights, dtype=float)
+        if self.log_weights.shape != (len(self.particles),):
+            raise InvalidArgumentError("log_weights must have one entry per particle")
+        n = len(self.particles)
+        self.run_index = np.zeros(n, dtype=int) if run_index is None else np.asarray(run_index)
+        self.num_runs = int(self.run_index.max()) + 1 if n else 0
+        if log_evidences is None:
+            log_evidences = [self._run_log_mean_weight(k) for k in range(self.num_runs)]
+        self.log_evidences = np.asarray(log_evidences, dtype=float)
+        self.ess_history = [list(h) for h in (ess_history or [[] for _ in range(self.num_runs)])]
+        self.rounds = rounds or [[] for _ in range(self.num_runs)]
+        self.cost = cost or Cost()
+        self.method = method
+        self.info = dict(info or {})
+
+    # --- answers -------------------------------------------------------------
+    @property
+    def num_particles(self) -> int:
+        return len(self.particles)
+
+    @property
+    def answers(self) -> list[Any]:
+        """Each particle's answer (None for particles that never finished)."""
+        return [trace.answer for trace in self.particles]
+
+    @property
+    def is_empty(self) -> bool:
+        """True when every particle has weight zero (all constraints failed)."""
+        return not np.isfinite(self.log_weights).any()
+
+    def answer_distribution(self) -> dict[Any, float]:
+        """Posterior probability of each answer: the weighted vote. Empty if ``is_empty``."""
+        distribution: dict[Any, float] = {}
+        for answer, weight in zip(self.answers, normalized_weights(self.log_weights), strict=True):
+            if weight > 0:
+                distribution[answer] = distribution.get(answer, 0.0) + float(weight)
+        return dict(sorted(distribution.items(), key=lambda item: -item[1]))
+
+    def map_answer(self) -> Any:
+        """The answer of highest posterior probability."""
+        self._require_nonempty("map_answer")
+        return next(iter(self.answer_distribution()))
+
+    def majority_answer(self) -> Any:
+        """Self-consistency: the most frequent answer among surviving particles, unweighted.
+
+        Ties go to the answer of higher posterior probability.
+        """
+        self._require_nonempty("majority_answer")
+        alive = [a for a, lw in zip(self.answers, self.log_weights, strict=True) if lw > -np.inf]
+        counts = Counter(alive)
+        probability = self.answer_distribution()
+        return max(counts, key=lambda a: (counts[a], probability.get(a, 0.0)))
+
+    def _require_nonempty(self, what: str) -> None:
+        if self.is_empty:
+            raise EmptyPosteriorError(
+                f"{what}: every particle has weight zero (log_evidence = -inf); "
+                "loosen the constraints or use more particles"
+            )
+
+    # --- diagnostics ---------------------------------------------------------
+    def _run_log_mean_weight(self, run: int) -> float:
+        log_weights = self.log_weights[self.run_index == run]
+        if not np.isfinite(log_weights).any():
+            return -math.inf
+        return float(logsumexp(log_weights) - math.log(len(log_weights)))
+
+    @property
+    def log_evidence(self) -> float:
+        """Estimate of log Z: log of the mean of the runs' unbiased Z estimates."""
+        if not np.isfinite(self.log_evidences).any():
+            return -math.inf
+        return float(logsumexp(self.log_evidences) - math.log(len(self.log_evidences)))
+
+    @property
+    def log_evidence_se(self) -> float:
+        """Standard error of ``log_evidence`` (delta method).
+
+        Across runs when there are two or more; for one run without resampling
+        (importance sampling) from the weights, ``sqrt(1/ESS - 1/N)``; NaN for a
+        single SMC run that resampled (use ``ppl.run(..., num_runs=K)``).
+        """
+        if self.num_runs >= 2:
+            z = np.exp(self.log_evidences - np.max(self.log_evidences))
+            if not np.isfinite(self.log_evidences).any() or z.mean() == 0:
+                return math.nan
+            return float(np.std(z, ddof=1) / math.sqrt(len(z)) / z.mean())
+        if any(r.resampled for r in self.rounds[0]) or self.is_empty:
+            return math.nan
+        return math.sqrt(max(1.0 / self.ess - 1.0 / self.num_particles, 0.0))
+
+    @property
+    def ess(self) -> float:
+        """Effective sample size of the final weights."""
+        return effective_sample_size(self.log_weights)
+
+    @property
+    def genealogy(self) -> nx.DiGraph:
+        """Particle genealogy: a node ``(run, round, slot)`` per particle-step.
+
+        Edges go parent -> child; nodes carry ``text`` (the choice made that
+        round, None if none), ``log_weight`` and ``resampled_from`` (the parent
+        slot when the edge came from resampling, else None).
+        """
+        graph = nx.DiGraph()
+        for run, rounds in enumerate(self.rounds):
+            for t, rnd in enumerate(rounds):
+                for slot, (text, log_weight) in enumerate(
+                    zip(rnd.texts, rnd.log_weights, strict=True)
+                ):
+                    node = (run, t, slot)
+                    graph.add_node(
+                        node,
+                        text=text,
+                        log_weight=log_weight,
+                        resampled_from=rnd.ancestors[slot] if rnd.resampled else None,
+                    )
+                    if t > 0:
+                        graph.add_edge((run, t - 1, rnd.ancestors[slot]), node)
+        return graph
+
+    # --- combining -----------------------------------------------------------
+    @classmethod
+    def combine(cls, posteriors: list[Posterior]) -> Posterior:
+        """Pool independent runs into one posterior (chain = run).
+
+        Each run's weights keep their scale, so a run counts in proportion to
+        its evidence estimate: the pooled answer distribution is
+        ``sum_k Z_k pi_k / sum_k Z_k``.
+        """
+        if not posteriors:
+            raise InvalidArgumentError("combine needs at least one posterior")
+        offsets = np.cumsum([0] + [p.num_runs for p in posteriors])
+        return cls(
+            [trace for p in posteriors for trace in p.particles],
+            np.concatenate([p.log_weights for p in posteriors]),
+            run_index=np.concatenate(
+                [p.run_index + offset for p, offset in zip(posteriors, offsets, strict=False)]
+            ),
+            log_evidences=np.concatenate([p.log_evidences for p in posteriors]),
+            ess_history=[h for p in posteriors for h in p.ess_history],
+            rounds=[r for p in posteriors for r in p.rounds],
+            cost=sum((p.cost for p in posteriors), Cost()),
+            method=posteriors[0].method,
+            info={**posteriors[0].info, "num_runs": int(offsets[-1])},
+        )
+
+    # --- reporting -----------------------------------------------------------
+    def summary(self, max_answers: int = 10) -> str:
+        """A plain-text table: answers with probabilities and counts, then diagnostics."""
+        distribution = self.answer_distribution()
+        counts = Counter(
+            a for a, lw in zip(self.answers, self.log_weights, strict=True) if lw > -np.inf
+        )
+        rows = [(repr(a), f"{p:.3f}", str(counts[a])) for a, p in distribution.items()]
+        hidden = len(rows) - max_answers
+        rows = rows[:max_answers]
+        width = max([len("answer")] + [len(r[0]) for r in rows])
+        width = min(width, 60)
+        lines = [f"{'answer':<{width}}  {'prob':>6}  {'count':>5}"]
+        lines += [f"{a[:width]:<{width}}  {p:>6}  {c:>5}" for a, p, c in rows]
+        if hidden > 0:
+            lines.append(f"... {hidden} more answers")
+        if not rows:
+            lines.append("(empty posterior: every particle has weight zero)")
+        se = self.log_evidence_se
+        se_text = "n/a" if math.isnan(se) else f"{se:.3f}"
+        resamplings = sum(r.resampled for rounds in self.rounds for r in rounds)
+        c = self.cost
+        lines += [
+            "",
+            f"method        {self.method}   runs {self.num_runs}   particles {self.num_particles}",
+            f"ESS           {self.ess:.2f}",
+            f"log evidence  {self.log_evidence:.3f} +/- {se_text}",
+            f"resamplings   {resamplings}",
+            f"tokens        {c.tokens_generated} generated, {c.tokens_prefilled} prefilled, "
+            f"{c.tokens_scored} scored   LM calls {c.lm_calls}   verifier calls "
+            f"{c.verifier_calls}   wall {c.wall_seconds:.1f}s",
+        ]
+        return "\n".join(lines)
+
+    def to_arviz(self):
+        """ArviZ InferenceData: chain = run, draw = particle.
+
+        ``posterior`` holds one-hot answer indicators (dim ``answer``),
+        ``sample_stats`` the log weights and generated tokens per particle,
+        and the ``log_evidence`` group one estimate per chain. Runs must have
+        equal particle counts.
+        """
+        import arviz as az
+        import xarray as xr
+
+        sizes = np.bincount(self.run_index, minlength=self.num_runs)
+        if len(set(sizes.tolist())) != 1:
+            raise InvalidArgumentError("to_arviz needs the same number of particles in every run")
+        shape = (self.num_runs, int(sizes[0]))
+        order = np.argsort(self.run_index, kind="stable")
+        labels = [repr(a) for a in dict.fromkeys(self.answers)]
+        index = {label: j for j, label in enumerate(labels)}
+        indicators = np.zeros((self.num_particles, len(labels)))
+        for i, answer in enumerate(self.answers):
+            indicators[i, index[repr(answer)]] = 1.0
+        tokens = np.array(
+            [sum(len(s.value.token_ids) for s in t.steps) for t in self.particles], dtype=float
+        )
+        idata = az.from_dict(
+            posterior={"answer": indicators[order].reshape(*shape, len(labels))},
+            sample_stats={
+                "log_weight": self.log_weights[order].reshape(shape),
+                "tokens": tokens[order].reshape(shape),
+            },
+            coords={"answer": labels},
+            dims={"answer": ["answer"]},
+        )
+        idata.add_groups(
+            log_evidence=xr.Dataset(
+                {"log_evidence": (("chain",), self.log_evidences)},
+                coords={"chain": np.arange(self.num_runs)},
+            )
+        )
+        return idata
+
+    # --- persistence ---------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; ``Posterior.from_dict`` inverts it exactly."""
+        return {
+            "format": FORMAT_VERSION,
+            "method": self.method,
+            "info": encode(self.info, "info"),
+            "particles": [
+                [_encode_site(site, i) for site in trace.sites]
+                for i, trace in enumerate(self.particles)
+            ],
+            "log_weights": self.log_weights.tolist(),
+            "run_index": self.run_index.tolist(),
+            "log_evidences": self.log_evidences.tolist(),
+            "ess_history": self.ess_history,
+            "rounds": [[asdict(r) for r in rounds] for rounds in self.rounds],
+            "cost": asdict(self.cost),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Posterior:
+        if data.get("format") != FORMAT_VERSION:
+            raise SerializationError(f"unsupported posterior format {data.get('format')!r}")
+        return cls(
+            [Trace(tuple(_decode_site(s) for s in sites)) for sites in data["particles"]],
+            data["log_weights"],
+            run_index=data["run_index"],
+            log_evidences=data["log_evidences"],
+            ess_history=data["ess_history"],
+            rounds=[
+                [
+                    Round(
+                        tuple(r["ancestors"]),
+                        tuple(r["texts"]),
+                        tuple(r["log_weights"]),
+                        r["resampled"],
+                    )
+                    for r in rounds
+                ]
+                for rounds in data["rounds"]
+            ],
+            cost=Cost(**data["cost"]),
+            method=data["method"],
+            info=decode(data["info"]),
+        )
+
+    def save(self, path: str | Path) -> None:
+        """Write the posterior as JSON (``-inf`` weights are written as ``-Infinity``)."""
+        Path(path).write_text(json.dumps(self.to_dict()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Posterior:
+        """Read a posterior written by ``save``."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def __repr__(self) -> str:
+        return (
+            f"<Posterior {self.method} runs={self.num_runs} particles={self.num_particles} "
+            f"ess={self.ess:.1f} log_evidence={self.log_evidence:.3f}>"
+        )
+
+
+def _encode_site(site: Site, particle: int) -> dict[str, Any]:
+    # Fingerprints are process-local hashes; a loaded trace replays without them.
+    return {
+        "name": site.name,
+        "kind": site.kind,
+        "value": encode(site.value, f"site {site.name!r} of particle {particle}"),
+        "log_prob": site.log_prob,
+        "log_weight": site.log_weight,
+    }
+
+
+def _decode_site(data: dict[str, Any]) -> Site:
+    return Site(
+        data["name"], data["kind"], decode(data["value"]), data["log_prob"], data["log_weight"]
+    )

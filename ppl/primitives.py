@@ -1,0 +1,199 @@
+"""The primitives of reasoning programs.
+
+Outside inference they simply run: ``step`` asks the model for text, ``sample``
+draws, factors are ignored. Under an inference engine they become sites of a
+trace that the engine replays, weights and resamples.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pyro
+import torch
+from pyro.distributions import Unit
+from pyro.poutine.runtime import effectful
+
+from ppl.distributions import LMStep
+from ppl.errors import InvalidArgumentError
+from ppl.lm import LM, Context
+from ppl.values import Step
+
+
+def step(
+    name: str,
+    lm: LM,
+    context: Context,
+    *,
+    stop: tuple[str, ...] = ("\n",),
+    max_tokens: int = 64,
+    temperature: float = 1.0,
+) -> Step:
+    """Ask ``lm`` for one reasoning step after ``context``.
+
+    Generation stops after the token that completes a stop string, at EOS, or
+    after ``max_tokens`` tokens; ``stop=()`` means no stop string. A ``str``
+    context is tokenized as raw text, a ``ppl.Chat`` with the chat template.
+    ``temperature`` is the proposal's: the target stays the temperature-1
+    model, and engines weight each step by ``log p - log q``.
+
+    Example:
+        >>> @ppl.program
+        ... def haiku(lm):
+        ...     line = ppl.step("line", lm, "A haiku about rain:\\n", max_tokens=16)
+        ...     ppl.answer(line.strip())
+    """
+    _check_name(name)
+    dist = LMStep(lm, context, stop=stop, max_tokens=max_tokens, temperature=temperature)
+    return pyro.sample(name, dist, infer={"ppl_kind": "step"})
+
+
+def sample(name: str, fn, *, proposal=None):
+    """Draw from a Pyro distribution ``fn``; with ``proposal``, draw from it and weight.
+
+    Example:
+        >>> strategy = ppl.sample("strategy", dist.Categorical(torch.ones(3)))  # doctest: +SKIP
+    """
+    _check_name(name)
+    infer = {"ppl_kind": "sample"}
+    if proposal is not None:
+        infer["ppl_proposal"] = proposal
+    return pyro.sample(name, fn, infer=infer)
+
+
+def factor(name: str, log_weight) -> None:
+    """Multiply the program's density by ``exp(log_weight)`` (a verifier, reward, prior).
+
+    Example:
+        >>> ppl.factor("verifier", math.log(0.9))  # doctest: +SKIP
+    """
+    _check_name(name)
+    _factor(name, _log_factor(log_weight, name), "factor")
+
+
+def condition(name: str, ok) -> None:
+    """Keep only executions where ``ok`` is true (a hard constraint).
+
+    Example:
+        >>> ppl.condition("no_e", "e" not in text)  # doctest: +SKIP
+    """
+    _check_name(name)
+    _factor(name, 0.0 if bool(ok) else -math.inf, "condition")
+
+
+def observe(name: str, fn, value) -> None:
+    """Condition on ``value`` having been drawn from distribution ``fn``.
+
+    Example:
+        >>> ppl.observe("score", dist.Normal(mu, 1.0), torch.tensor(0.3))  # doctest: +SKIP
+    """
+    _check_name(name)
+    pyro.sample(name, fn, obs=value, infer={"ppl_kind": "observe"})
+
+
+def _identity(value):
+    return value
+
+
+_twist = effectful(_identity, type="ppl_twist")
+_answer = effectful(_identity, type="ppl_answer")
+
+
+@effectful(type="ppl_memo")
+def _memo(fn, *args):
+    return fn(*args)
+
+
+def twist(log_psi) -> None:
+    """Set the particle's intermediate potential to ``log_psi``.
+
+    SMC adds ``log_psi_t - log_psi_{t-1}`` at each call and removes the last
+    potential when the program ends, so twists guide resampling without
+    changing the target.
+
+    Example:
+        >>> ppl.twist(math.log(prm_score))  # doctest: +SKIP
+    """
+    _twist(_log_factor(log_psi, "twist"), name=None)
+
+
+def memo(name: str, fn: Callable, *args) -> Any:
+    """Call ``fn(*args)`` once per particle and record the result.
+
+    Re-executions of the program replay the recorded result instead of calling
+    ``fn`` again, so verifiers, tools and judges run once per trace.
+
+    Example:
+        >>> ok = ppl.memo("check_1", calculator_check, line)  # doctest: +SKIP
+    """
+    _check_name(name)
+    return _memo(fn, *args, name=name)
+
+
+def answer(value) -> Any:
+    """Declare the program's quantity of interest; it must be hashable.
+
+    Example:
+        >>> ppl.answer(text.strip())  # doctest: +SKIP
+    """
+    try:
+        hash(value)
+    except TypeError as error:
+        raise InvalidArgumentError(
+            f"ppl.answer needs a hashable value (str, int, tuple...), got {type(value).__name__}"
+        ) from error
+    return _answer(value, name="answer")
+
+
+class Program:
+    """A reasoning program: a Python function whose randomness goes through ppl primitives.
+
+    Calling it runs it once, forwards, with factors ignored. Inference engines
+    take it as their first argument.
+
+    Example:
+        >>> @ppl.program
+        ... def coin():
+        ...     x = ppl.sample("x", dist.Bernoulli(0.5))
+        ...     ppl.answer(int(x))
+        >>> posterior = ppl.importance(coin, num_particles=8, seed=0)
+    """
+
+    def __init__(self, fn: Callable):
+        if not callable(fn):
+            raise InvalidArgumentError(f"@ppl.program needs a function, got {fn!r}")
+        self.fn = fn
+        self.name = getattr(fn, "__qualname__", repr(fn))
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<ppl.program {self.name}>"
+
+
+def program(fn: Callable) -> Program:
+    """Mark ``fn`` as a reasoning program (see ``Program``)."""
+    return fn if isinstance(fn, Program) else Program(fn)
+
+
+def _check_name(name) -> None:
+    if not isinstance(name, str) or not name:
+        raise InvalidArgumentError(f"site names must be non-empty strings, got {name!r}")
+
+
+def _log_factor(value, name: str) -> float:
+    result = float(torch.as_tensor(value).sum())
+    if math.isnan(result) or result == math.inf:
+        raise InvalidArgumentError(f"log weight at site {name!r} is {result}; use -inf to reject")
+    return result
+
+
+def _factor(name: str, log_factor: float, kind: str) -> None:
+    unit = Unit(torch.tensor(log_factor))
+    infer = {"ppl_kind": kind, "ppl_log_factor": log_factor}
+    pyro.sample(name, unit, obs=unit.sample(), infer=infer)

@@ -1,0 +1,136 @@
+"""Advancing particles: re-execute a program under replay, stop at the next choice.
+
+A particle is its trace. ``execute`` runs the program from the start,
+replaying the recorded sites, scoring new deterministic ones, and stopping at
+the first unrecorded random choice. ``resolve_choices`` draws the pending
+choices of many particles at once: one batched backend call per LM serves every
+pending ``step`` site. Replayed sites never reach a backend, and recorded
+``memo`` results are never recomputed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ppl.errors import BackendError, MissingAnswerError, ReplayDivergenceError
+from ppl.handlers import EscapeMessenger, PendingChoice, RecordMessenger, ReplayMessenger, Suspend
+from ppl.primitives import Program, program
+from ppl.trace import Site, Trace
+from ppl.values import Step
+
+
+@dataclass(frozen=True, slots=True)
+class Execution:
+    """Outcome of one re-execution.
+
+    ``pending`` is the next random choice, or None when the program returned.
+    ``log_weight`` is what the new sites added (when the program returned, it
+    also removes the last twist potential, so finished weights target the
+    untwisted posterior).
+    """
+
+    trace: Trace
+    pending: PendingChoice | None
+    log_weight: float
+    memo_calls: int
+
+
+def as_program(fn: Callable) -> Program:
+    return fn if isinstance(fn, Program) else program(fn)
+
+
+def execute(prog: Program, args: tuple, kwargs: dict, trace: Trace) -> Execution:
+    """Run ``prog`` from the start, replaying ``trace``, until its next random choice.
+
+    Example:
+        >>> ex = execute(coin, (), {}, Trace())  # doctest: +SKIP
+        >>> ex.pending.name                      # doctest: +SKIP
+        'x'
+    """
+    record = RecordMessenger()
+    replay = ReplayMessenger(trace)
+    pending = None
+    try:
+        with record, EscapeMessenger(), replay:
+            prog.fn(*args, **kwargs)
+    except Suspend as suspend:
+        pending = suspend.choice
+    new_trace = Trace(tuple(record.sites))
+    log_weight = record.log_weight
+    if pending is None:
+        if replay.position < len(trace.sites):
+            missed = trace.sites[replay.position]
+            raise ReplayDivergenceError(
+                f"program {prog.name!r} returned before reaching recorded site "
+                f"{missed.name!r}; it must take the same path for the same random choices"
+            )
+        if not new_trace.has_answer:
+            last = f" (last site: {new_trace.sites[-1].name!r})" if new_trace.sites else ""
+            raise MissingAnswerError(
+                f"program {prog.name!r} returned without calling ppl.answer(...){last}"
+            )
+        # Remove the final potential; a -inf potential keeps the particle dead.
+        log_twist = record.log_twist
+        log_weight = -math.inf if log_twist == -math.inf else log_weight - log_twist
+    return Execution(new_trace, pending, log_weight, record.memo_calls)
+
+
+def resolve_choices(pending: Sequence[PendingChoice], rng: np.random.Generator) -> list[Site]:
+    """Draw every pending choice; ``step`` sites of one LM share one batched call.
+
+    Example:
+        >>> sites = resolve_choices([ex.pending for ex in executions], rng)  # doctest: +SKIP
+    """
+    sites: list[Site | None] = [None] * len(pending)
+    by_lm: dict[int, tuple[object, list[int]]] = {}
+    for i, choice in enumerate(pending):
+        if choice.kind == "step":
+            by_lm.setdefault(id(choice.fn.lm), (choice.fn.lm, []))[1].append(i)
+        else:
+            sites[i] = _draw_sample_site(choice, int(rng.integers(2**63)))
+    for lm, indices in by_lm.values():
+        requests = [pending[i].fn.request for i in indices]
+        results = lm.sample_steps(requests, seed=int(rng.integers(2**63)))
+        if len(results) != len(requests):
+            raise BackendError(
+                f"{type(lm).__name__}.sample_steps returned {len(results)} results "
+                f"for {len(requests)} requests"
+            )
+        for i, request, result in zip(indices, requests, results, strict=True):
+            if math.isnan(result.logp) or not math.isfinite(result.logq):
+                raise BackendError(
+                    f"{type(lm).__name__} returned logp={result.logp}, logq={result.logq} at "
+                    f"site {pending[i].name!r}; log q of a drawn step must be finite"
+                )
+            value = Step(
+                result.text, token_ids=result.token_ids, logp=result.logp, finished=result.finished
+            )
+            sites[i] = Site(
+                pending[i].name,
+                "step",
+                value,
+                log_prob=result.logp,
+                log_weight=result.logp - result.logq,
+                fingerprint=hash(request),
+            )
+    return sites
+
+
+def _draw_sample_site(choice: PendingChoice, seed: int) -> Site:
+    proposal = choice.proposal if choice.proposal is not None else choice.fn
+    # Pyro distributions draw from torch's global generator: seed a forked copy
+    # so results are reproducible and the user's global state is untouched.
+    # (torch.manual_seed would also queue accelerator seeding, which is slow.)
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        value = proposal.sample()
+    log_prob = float(choice.fn.log_prob(value).sum())
+    if choice.proposal is None:
+        return Site(choice.name, "sample", value, log_prob=log_prob, log_weight=0.0)
+    log_q = float(choice.proposal.log_prob(value).sum())
+    return Site(choice.name, "sample", value, log_prob=log_prob, log_weight=log_prob - log_q)
