@@ -48,8 +48,11 @@ def residual(weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def _searchsorted(weights: np.ndarray, points: np.ndarray) -> np.ndarray:
     cumulative = np.cumsum(weights)
-    cumulative[-1] = 1.0  # guard against rounding below the last point
-    return np.minimum(np.searchsorted(cumulative, points, side="right"), len(weights) - 1)
+    # Rounding can leave the total just below 1; pin it from the last positive
+    # weight on, so a point near 1 never lands on a trailing zero-weight particle.
+    last_positive = np.flatnonzero(weights > 0)[-1]
+    cumulative[last_positive:] = 1.0
+    return np.minimum(np.searchsorted(cumulative, points, side="right"), last_positive)
 
 
 RESAMPLERS: dict[str, Resampler] = {

@@ -33,7 +33,8 @@ def run(
     estimates ``log_evidence`` with a standard error from the spread of runs.
 
     Example:
-        >>> post = ppl.run("smc", lipogram, lm, "The", num_runs=4, num_particles=8, seed=0)  # doctest: +SKIP
+        >>> post = ppl.run("smc", lipogram, lm, "The",  # doctest: +SKIP
+        ...                num_runs=4, num_particles=8, seed=0)
         >>> post.log_evidence, post.log_evidence_se  # doctest: +SKIP
     """
     num_runs = check_positive_int("num_runs", num_runs)

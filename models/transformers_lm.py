@@ -33,7 +33,7 @@ class TransformersLM(LM):
 
     Example:
         >>> lm = TransformersLM.from_pretrained("path/to/local/model")  # doctest: +SKIP
-        >>> lm.sample_steps([StepRequest("Once upon a time", max_tokens=8)], seed=0)  # doctest: +SKIP
+        >>> lm.sample_steps([StepRequest("Once upon", max_tokens=8)], seed=0)  # doctest: +SKIP
     """
 
     def __init__(self, model, tokenizer, *, compact_threshold: float = 0.5):

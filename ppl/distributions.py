@@ -62,8 +62,8 @@ class LMStep(TorchDistribution):
         )
         super().__init__(batch_shape=torch.Size(), event_shape=torch.Size(), validate_args=False)
 
-    def sample(self, sample_shape=torch.Size()) -> Step:
-        if sample_shape != torch.Size():
+    def sample(self, sample_shape=()) -> Step:
+        if tuple(sample_shape) != ():
             raise InvalidArgumentError("LMStep draws one step at a time")
         (result,) = self.lm.sample_steps([self.request])
         return Step(

@@ -177,9 +177,9 @@ class Posterior:
         single SMC run that resampled (use ``ppl.run(..., num_runs=K)``).
         """
         if self.num_runs >= 2:
-            z = np.exp(self.log_evidences - np.max(self.log_evidences))
-            if not np.isfinite(self.log_evidences).any() or z.mean() == 0:
+            if not np.isfinite(self.log_evidences).any():
                 return math.nan
+            z = np.exp(self.log_evidences - np.max(self.log_evidences))
             return float(np.std(z, ddof=1) / math.sqrt(len(z)) / z.mean())
         if any(r.resampled for r in self.rounds[0]) or self.is_empty:
             return math.nan
@@ -220,16 +220,23 @@ class Posterior:
     def combine(cls, posteriors: list[Posterior]) -> Posterior:
         """Pool independent runs into one posterior (chain = run).
 
-        Each run's weights keep their scale, so a run counts in proportion to
-        its evidence estimate: the pooled answer distribution is
-        ``sum_k Z_k pi_k / sum_k Z_k``.
+        A run counts in proportion to its evidence estimate: the pooled
+        answer distribution is ``sum_k Z_k pi_k / sum_k Z_k``. Weights are
+        rescaled by ``mean N / N_k`` so runs of different sizes count by
+        ``Z_k`` alone (a no-op for equal sizes, as ``ppl.run`` makes them).
         """
         if not posteriors:
             raise InvalidArgumentError("combine needs at least one posterior")
         offsets = np.cumsum([0] + [p.num_runs for p in posteriors])
+        run_sizes = [np.bincount(p.run_index, minlength=p.num_runs) for p in posteriors]
+        log_mean_size = math.log(np.mean(np.concatenate(run_sizes)))
+        rescaled = [
+            p.log_weights - np.log(sizes[p.run_index]) + log_mean_size
+            for p, sizes in zip(posteriors, run_sizes, strict=True)
+        ]
         return cls(
             [trace for p in posteriors for trace in p.particles],
-            np.concatenate([p.log_weights for p in posteriors]),
+            np.concatenate(rescaled),
             run_index=np.concatenate(
                 [p.run_index + offset for p, offset in zip(posteriors, offsets, strict=False)]
             ),
@@ -278,7 +285,7 @@ class Posterior:
     def to_arviz(self):
         """ArviZ InferenceData: chain = run, draw = particle.
 
-        ``posterior`` holds one-hot answer indicators (dim ``answer``),
+        ``posterior`` holds one-hot ``answer_indicator`` values (dim ``answer``),
         ``sample_stats`` the log weights and generated tokens per particle,
         and the ``log_evidence`` group one estimate per chain. Runs must have
         equal particle counts.
@@ -300,13 +307,13 @@ class Posterior:
             [sum(len(s.value.token_ids) for s in t.steps) for t in self.particles], dtype=float
         )
         idata = az.from_dict(
-            posterior={"answer": indicators[order].reshape(*shape, len(labels))},
+            posterior={"answer_indicator": indicators[order].reshape(*shape, len(labels))},
             sample_stats={
                 "log_weight": self.log_weights[order].reshape(shape),
                 "tokens": tokens[order].reshape(shape),
             },
             coords={"answer": labels},
-            dims={"answer": ["answer"]},
+            dims={"answer_indicator": ["answer"]},
         )
         idata.add_groups(
             log_evidence=xr.Dataset(

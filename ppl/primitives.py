@@ -15,7 +15,7 @@ from typing import Any
 import pyro
 import torch
 from pyro.distributions import Unit
-from pyro.poutine.runtime import effectful
+from pyro.poutine.runtime import am_i_wrapped, effectful
 
 from ppl.distributions import LMStep
 from ppl.errors import InvalidArgumentError
@@ -91,7 +91,8 @@ def observe(name: str, fn, value) -> None:
         >>> ppl.observe("score", dist.Normal(mu, 1.0), torch.tensor(0.3))  # doctest: +SKIP
     """
     _check_name(name)
-    pyro.sample(name, fn, obs=value, infer={"ppl_kind": "observe"})
+    if am_i_wrapped():  # outside inference an observation has no effect
+        pyro.sample(name, fn, obs=value, infer={"ppl_kind": "observe"})
 
 
 def _identity(value):
@@ -194,6 +195,8 @@ def _log_factor(value, name: str) -> float:
 
 
 def _factor(name: str, log_factor: float, kind: str) -> None:
+    if not am_i_wrapped():  # outside inference a factor has no effect
+        return
     unit = Unit(torch.tensor(log_factor))
     infer = {"ppl_kind": kind, "ppl_log_factor": log_factor}
     pyro.sample(name, unit, obs=unit.sample(), infer=infer)

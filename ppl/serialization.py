@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from ppl.errors import SerializationError
@@ -40,7 +41,9 @@ def encode(value: Any, where: str) -> Any:
         return {"__frozenset__": [encode(v, where) for v in value]}
     if isinstance(value, dict):
         return {"__dict__": [[encode(k, where), encode(v, where)] for k, v in value.items()]}
-    if hasattr(value, "item") and hasattr(value, "dtype"):  # numpy scalars
+    if isinstance(value, np.ndarray):
+        return {"__ndarray__": value.tolist(), "dtype": str(value.dtype)}
+    if isinstance(value, np.generic):
         return value.item()
     raise SerializationError(
         f"cannot save a {type(value).__name__} found at {where}; record JSON-friendly values "
@@ -65,6 +68,8 @@ def decode(data: Any) -> Any:
         return Chat(*data["__chat__"])
     if "__tensor__" in data:
         return torch.tensor(data["__tensor__"], dtype=getattr(torch, data["dtype"]))
+    if "__ndarray__" in data:
+        return np.array(data["__ndarray__"], dtype=data["dtype"])
     if "__tuple__" in data:
         return tuple(decode(v) for v in data["__tuple__"])
     if "__frozenset__" in data:
