@@ -338,14 +338,18 @@ def test_combine_two_runs():
     assert pooled.cost.verifier_calls == 60
     assert pooled.info["num_runs"] == 2
     assert len(pooled.rounds) == 2 and len(pooled.ess_history) == 2
-    # Equal-size runs: the pooled vote is sum_k Z_k pi_k / sum_k Z_k.
+    assert_pooled_by_evidence(pooled, [first, second])
+
+
+def assert_pooled_by_evidence(pooled, runs):
+    """The pooled vote is sum_k Z_k pi_k / sum_k Z_k."""
     z = np.exp(pooled.log_evidences)
     for answer, probability in pooled.answer_distribution().items():
-        mixed = (
-            z[0] * first.answer_distribution().get(answer, 0.0)
-            + z[1] * second.answer_distribution().get(answer, 0.0)
-        ) / z.sum()
-        assert probability == pytest.approx(mixed, rel=1e-9)
+        mixed = sum(
+            z_k * run.answer_distribution().get(answer, 0.0)
+            for z_k, run in zip(z, runs, strict=True)
+        )
+        assert probability == pytest.approx(mixed / z.sum(), rel=1e-9)
 
 
 def test_combine_offsets_multi_run_posteriors():
@@ -367,14 +371,7 @@ def test_combine_nothing_raises():
 def test_combine_unequal_runs_weights_by_evidence():
     first = ppl.importance(toy, num_particles=100, seed=1)
     second = ppl.importance(toy, num_particles=10, seed=2)
-    pooled = ppl.Posterior.combine([first, second])
-    z = np.exp(pooled.log_evidences)
-    for answer, probability in pooled.answer_distribution().items():
-        mixed = (
-            z[0] * first.answer_distribution().get(answer, 0.0)
-            + z[1] * second.answer_distribution().get(answer, 0.0)
-        ) / z.sum()
-        assert probability == pytest.approx(mixed, rel=1e-9)
+    assert_pooled_by_evidence(ppl.Posterior.combine([first, second]), [first, second])
 
 
 def test_run_gives_finite_log_evidence_se():
