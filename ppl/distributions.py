@@ -11,6 +11,16 @@ from ppl.lm import LM, Context, ScoreRequest, StepRequest
 from ppl.values import Chat, Step
 
 
+def make_request(context: Context, stop, max_tokens: int, temperature: float) -> StepRequest:
+    """The normalized request of a step; its hash identifies the step on replay."""
+    return StepRequest(
+        context=context if isinstance(context, Chat) else str(context),
+        stop=(stop,) if isinstance(stop, str) else tuple(stop),
+        max_tokens=max_tokens,
+        temperature=float(temperature),
+    )
+
+
 class LMStep(TorchDistribution):
     """Distribution over the next step of text that ``lm`` writes after ``context``.
 
@@ -54,12 +64,7 @@ class LMStep(TorchDistribution):
         if not hasattr(lm, "sample_steps"):
             raise InvalidArgumentError(f"lm must be a backend with sample_steps, got {lm!r}")
         self.lm = lm
-        self.request = StepRequest(
-            context=context if isinstance(context, Chat) else str(context),
-            stop=tuple(stop),
-            max_tokens=max_tokens,
-            temperature=float(temperature),
-        )
+        self.request = make_request(context, stop, max_tokens, temperature)
         super().__init__(batch_shape=torch.Size(), event_shape=torch.Size(), validate_args=False)
 
     def sample(self, sample_shape=()) -> Step:

@@ -17,8 +17,9 @@ import torch
 from pyro.distributions import Unit
 from pyro.poutine.runtime import am_i_wrapped, effectful
 
-from ppl.distributions import LMStep
+from ppl.distributions import LMStep, make_request
 from ppl.errors import InvalidArgumentError
+from ppl.handlers.replay_messenger import replay_fast
 from ppl.lm import LM, Context
 from ppl.values import Step
 
@@ -47,6 +48,11 @@ def step(
         ...     ppl.answer(line.strip())
     """
     _check_name(name)
+    recorded = replay_fast(
+        name, "step", lambda: hash(make_request(context, stop, max_tokens, temperature))
+    )
+    if recorded is not None:
+        return recorded.value
     dist = LMStep(lm, context, stop=stop, max_tokens=max_tokens, temperature=temperature)
     return pyro.sample(name, dist, infer={"ppl_kind": "step"})
 
@@ -58,6 +64,9 @@ def sample(name: str, fn, *, proposal=None):
         >>> strategy = ppl.sample("strategy", dist.Categorical(torch.ones(3)))  # doctest: +SKIP
     """
     _check_name(name)
+    recorded = replay_fast(name, "sample")
+    if recorded is not None:
+        return recorded.value
     infer = {"ppl_kind": "sample"}
     if proposal is not None:
         infer["ppl_proposal"] = proposal
@@ -71,7 +80,8 @@ def factor(name: str, log_weight) -> None:
         >>> ppl.factor("verifier", math.log(0.9))  # doctest: +SKIP
     """
     _check_name(name)
-    _factor(name, _log_factor(log_weight, name), "factor")
+    if replay_fast(name, "factor") is None:
+        _factor(name, _log_factor(log_weight, name), "factor")
 
 
 def condition(name: str, ok) -> None:
@@ -81,7 +91,8 @@ def condition(name: str, ok) -> None:
         >>> ppl.condition("no_e", "e" not in text)  # doctest: +SKIP
     """
     _check_name(name)
-    _factor(name, 0.0 if bool(ok) else -math.inf, "condition")
+    if replay_fast(name, "condition") is None:
+        _factor(name, 0.0 if bool(ok) else -math.inf, "condition")
 
 
 def observe(name: str, fn, value) -> None:
@@ -91,7 +102,8 @@ def observe(name: str, fn, value) -> None:
         >>> ppl.observe("score", dist.Normal(mu, 1.0), torch.tensor(0.3))  # doctest: +SKIP
     """
     _check_name(name)
-    if am_i_wrapped():  # outside inference an observation has no effect
+    # Outside inference an observation has no effect.
+    if am_i_wrapped() and replay_fast(name, "observe") is None:
         pyro.sample(name, fn, obs=value, infer={"ppl_kind": "observe"})
 
 
@@ -118,7 +130,8 @@ def twist(log_psi) -> None:
     Example:
         >>> ppl.twist(math.log(prm_score))  # doctest: +SKIP
     """
-    _twist(_log_factor(log_psi, "twist"), name=None)
+    if replay_fast(None, "twist") is None:
+        _twist(_log_factor(log_psi, "twist"), name=None)
 
 
 def memo(name: str, fn: Callable, *args) -> Any:
@@ -131,7 +144,8 @@ def memo(name: str, fn: Callable, *args) -> Any:
         >>> ok = ppl.memo("check_1", calculator_check, line)  # doctest: +SKIP
     """
     _check_name(name)
-    return _memo(fn, *args, name=name)
+    recorded = replay_fast(name, "memo")
+    return recorded.value if recorded is not None else _memo(fn, *args, name=name)
 
 
 def answer(value) -> Any:
@@ -146,7 +160,8 @@ def answer(value) -> Any:
         raise InvalidArgumentError(
             f"ppl.answer needs a hashable value (str, int, tuple...), got {type(value).__name__}"
         ) from error
-    return _answer(value, name="answer")
+    recorded = replay_fast("answer", "answer")
+    return recorded.value if recorded is not None else _answer(value, name="answer")
 
 
 class Program:

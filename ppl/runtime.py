@@ -19,6 +19,7 @@ import torch
 
 from ppl.errors import BackendError, MissingAnswerError, ReplayDivergenceError
 from ppl.handlers import EscapeMessenger, PendingChoice, RecordMessenger, ReplayMessenger, Suspend
+from ppl.handlers.replay_messenger import _FAST_REPLAYS
 from ppl.primitives import Program, program
 from ppl.trace import Site, Trace
 from ppl.values import Step
@@ -55,11 +56,14 @@ def execute(prog: Program, args: tuple, kwargs: dict, trace: Trace) -> Execution
     record = RecordMessenger()
     replay = ReplayMessenger(trace)
     pending = None
+    _FAST_REPLAYS.append((replay, record))
     try:
         with record, EscapeMessenger(), replay:
             prog.fn(*args, **kwargs)
     except Suspend as suspend:
         pending = suspend.choice
+    finally:
+        _FAST_REPLAYS.pop()
     new_trace = Trace(tuple(record.sites))
     log_weight = record.log_weight
     if pending is None:

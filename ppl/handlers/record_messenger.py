@@ -42,7 +42,11 @@ class RecordMessenger(Messenger):
         if site is None:
             site = self._new_site(msg, kind)
             self.log_weight += site.log_weight
-        if kind == "twist":
+        self.append(site)
+
+    def append(self, site: Site) -> None:
+        """Record a visited site (its weight, if any, was counted when it was new)."""
+        if site.kind == "twist":
             self.log_twist = site.value
         self.sites.append(site)
 

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import _PYRO_STACK
 
 from ppl.errors import DuplicateSiteError, ReplayDivergenceError
 from ppl.handlers.sites import site_kind
-from ppl.trace import Trace
+from ppl.trace import Site, Trace
 
 
 class ReplayMessenger(Messenger):
@@ -22,14 +25,13 @@ class ReplayMessenger(Messenger):
         self._seen: set[str] = set()
         self._num_twists = 0
 
-    def _visit(self, msg) -> None:
-        kind = site_kind(msg)
-        if kind is None:
-            return
-        if kind == "twist" and msg["name"] is None:
-            msg["name"] = f"twist#{self._num_twists}"
+    def next_recorded(
+        self, name: str | None, kind: str, fingerprint: Callable[[], int] | None = None
+    ) -> tuple[str, Site | None]:
+        """Advance past the next site; return its name and recorded site (None if new)."""
+        if kind == "twist" and name is None:
+            name = f"twist#{self._num_twists}"
             self._num_twists += 1
-        name = msg["name"]
         if name in self._seen:
             raise DuplicateSiteError(
                 f"site name {name!r} is used twice in one execution; give every "
@@ -39,7 +41,7 @@ class ReplayMessenger(Messenger):
         self._seen.add(name)
         position, self.position = self.position, self.position + 1
         if position >= len(self.trace.sites):
-            return
+            return name, None
         recorded = self.trace.sites[position]
         if recorded.name != name or recorded.kind != kind:
             raise ReplayDivergenceError(
@@ -48,21 +50,54 @@ class ReplayMessenger(Messenger):
                 "take the same path for the same random choices; draw randomness only via "
                 "ppl.step / ppl.sample"
             )
-        if (
-            kind == "step"
-            and recorded.fingerprint is not None
-            and recorded.fingerprint != hash(msg["fn"].request)
-        ):
-            raise ReplayDivergenceError(
-                f"replay diverged at step site {name!r}: the program asked for a different "
-                "context or settings than when the step was generated. Build contexts only "
-                "from earlier site values and program inputs"
-            )
-        msg["value"] = recorded.value
-        msg["done"] = True
-        msg["infer"] = {**msg["infer"], "ppl_site": recorded}
+        if recorded.fingerprint is not None and fingerprint is not None:
+            if recorded.fingerprint != fingerprint():
+                raise ReplayDivergenceError(
+                    f"replay diverged at step site {name!r}: the program asked for a different "
+                    "context or settings than when the step was generated. Build contexts only "
+                    "from earlier site values and program inputs"
+                )
+        return name, recorded
+
+    def _visit(self, msg) -> None:
+        kind = site_kind(msg)
+        if kind is None:
+            return
+        fingerprint = (lambda: hash(msg["fn"].request)) if kind == "step" else None
+        msg["name"], recorded = self.next_recorded(msg["name"], kind, fingerprint)
+        if recorded is not None:
+            msg["value"] = recorded.value
+            msg["done"] = True
+            msg["infer"] = {**msg["infer"], "ppl_site": recorded}
 
     _pyro_sample = _visit
     _pyro_ppl_memo = _visit
     _pyro_ppl_twist = _visit
     _pyro_ppl_answer = _visit
+
+
+# (replay, record) pairs of the executions under way, innermost last.
+_FAST_REPLAYS: list[tuple[ReplayMessenger, object]] = []
+
+
+def replay_fast(
+    name: str | None, kind: str, fingerprint: Callable[[], int] | None = None
+) -> Site | None:
+    """The recorded site for this visit without a Pyro message, or None.
+
+    Re-execution replays every recorded site each round; building distributions
+    and Pyro messages for them dominated orchestration time. This path applies
+    the same checks directly, and is taken only while the runtime's replay
+    handler is the innermost one, so user handlers inside a program still see
+    every site through the full path.
+    """
+    if not _FAST_REPLAYS:
+        return None
+    replay, record = _FAST_REPLAYS[-1]
+    if not _PYRO_STACK or _PYRO_STACK[-1] is not replay:
+        return None
+    if replay.position >= len(replay.trace.sites):
+        return None
+    _, recorded = replay.next_recorded(name, kind, fingerprint)
+    record.append(recorded)
+    return recorded
