@@ -51,20 +51,19 @@ class LMStep(TorchDistribution):
             raise InvalidArgumentError(
                 f"step context must be a str or ppl.Chat, got {type(context).__name__}"
             )
-        if isinstance(stop, str):
-            stop = (stop,)
-        if not all(isinstance(s, str) and s for s in stop):
-            raise InvalidArgumentError(f"stop must be a tuple of non-empty strings, got {stop!r}")
         if not (isinstance(max_tokens, int) and max_tokens >= 1):
             raise InvalidArgumentError(f"max_tokens must be a positive int, got {max_tokens!r}")
         if not temperature > 0:
             raise InvalidArgumentError(
                 f"temperature must be > 0 (the proposal must cover the model), got {temperature!r}"
             )
+        request = make_request(context, stop, max_tokens, temperature)
+        if not all(isinstance(s, str) and s for s in request.stop):
+            raise InvalidArgumentError(f"stop must be a tuple of non-empty strings, got {stop!r}")
         if not hasattr(lm, "sample_steps"):
             raise InvalidArgumentError(f"lm must be a backend with sample_steps, got {lm!r}")
         self.lm = lm
-        self.request = make_request(context, stop, max_tokens, temperature)
+        self.request = request
         super().__init__(batch_shape=torch.Size(), event_shape=torch.Size(), validate_args=False)
 
     def sample(self, sample_shape=()) -> Step:

@@ -9,9 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-SITE_KINDS = ("step", "sample", "factor", "condition", "observe", "memo", "twist", "answer")
-RANDOM_KINDS = ("step", "sample")
-
 
 @dataclass(frozen=True, slots=True)
 class Site:
@@ -79,15 +76,3 @@ class Trace:
     def steps(self) -> list[Site]:
         """The ``step`` sites, in order."""
         return [s for s in self.sites if s.kind == "step"]
-
-    @property
-    def log_twist(self) -> float:
-        """The potential set by the latest ``twist`` site (0 when none)."""
-        for site in reversed(self.sites):
-            if site.kind == "twist":
-                return site.value
-        return 0.0
-
-    @property
-    def num_random_choices(self) -> int:
-        return sum(1 for s in self.sites if s.kind in RANDOM_KINDS)

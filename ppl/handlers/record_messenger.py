@@ -27,11 +27,11 @@ class RecordMessenger(Messenger):
     current potential, so a twist adds ``log_psi_t - log_psi_{t-1}``.
     """
 
-    def __init__(self, log_twist: float = 0.0):
+    def __init__(self):
         super().__init__()
         self.sites: list[Site] = []
         self.log_weight = 0.0
-        self.log_twist = log_twist
+        self.log_twist = 0.0
         self.memo_calls = 0
 
     def _record(self, msg) -> None:
