@@ -5,25 +5,65 @@ Rows never get shorter: a token that a row no longer wants (its particle
 changed its context, or a finished row idles while others decode) is masked
 out of the 2-D attention mask, and positions are passed explicitly, so the
 cache can hold holes. ``compact`` squeezes the holes out when they waste too
-much. A new batch is made from old rows by ``index_select`` along the batch
-dimension: resampled particles share and fork rows instead of recomputing.
+much. A new batch is made from old rows by one ``index_select`` per layer:
+resampled particles share and fork rows instead of recomputing them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer
+
+
+def new_cache(layers: Sequence[tuple[torch.Tensor, torch.Tensor]] | int) -> Cache:
+    """A cache of plain (full-attention) layers: empty, or holding the given keys and values.
+
+    Example:
+        >>> new_cache(2).get_seq_length()
+        0
+    """
+    if isinstance(layers, int):
+        return Cache(layers=[DynamicLayer() for _ in range(layers)])
+    cache_layers = []
+    for keys, values in layers:
+        layer = DynamicLayer()
+        layer.lazy_initialization(keys, values)
+        layer.keys, layer.values = keys, values
+        cache_layers.append(layer)
+    return Cache(layers=cache_layers)
+
+
+def _tensors(cache: Cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(layer.keys, layer.values) for layer in cache.layers if layer.is_initialized]
 
 
 @dataclass
 class KVBatch:
-    cache: DynamicCache
+    """Rows of cached token prefixes: the model's cache plus each row's tokens and columns.
+
+    Example:
+        >>> batch = KVBatch.empty(num_layers=2, num_rows=3, device="cpu")
+        >>> batch.num_columns, batch.tokens
+        (0, [(), (), ()])
+    """
+
+    cache: Cache
     mask: torch.Tensor  # [rows, columns] 1 where the column holds a cached token
     tokens: list[tuple[int, ...]]  # per row: the cached tokens, in order
     columns: list[list[int]]  # per row: the physical column of each cached token
+
+    @classmethod
+    def empty(cls, num_layers: int, num_rows: int, device) -> KVBatch:
+        mask = torch.zeros((num_rows, 0), dtype=torch.long, device=device)
+        return cls(new_cache(num_layers), mask, [()] * num_rows, [[] for _ in range(num_rows)])
+
+    @property
+    def num_rows(self) -> int:
+        return self.mask.shape[0]
 
     @property
     def num_columns(self) -> int:
@@ -42,17 +82,19 @@ class KVBatch:
             matrix[row, : len(tokens)] = tokens
         return matrix
 
-    def select(self, rows: list[int]) -> KVBatch:
+    def select(self, rows: Sequence[int]) -> KVBatch:
         """A new batch whose row ``i`` is a copy of row ``rows[i]`` of this one."""
         index = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
-        for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(0, index)
-            layer.values = layer.values.index_select(0, index)
+        layers = [
+            (keys.index_select(0, index), values.index_select(0, index))
+            for keys, values in _tensors(self.cache)
+        ]
+        cache = new_cache(layers) if layers else new_cache(len(self.cache.layers))
         return KVBatch(
-            self.cache,
+            cache,
             self.mask.index_select(0, index),
             [self.tokens[r] for r in rows],
-            [self.columns[r] for r in rows],
+            [list(self.columns[r]) for r in rows],
         )
 
     def truncate(self, row: int, length: int) -> None:
@@ -74,10 +116,42 @@ class KVBatch:
             mask[row, start:] = 1
             self.columns[row] = list(range(start, width))
         index = index.to(self.mask.device)
-        for layer in self.cache.layers:
-            gather = index[:, None, :, None].expand(
-                -1, layer.keys.shape[1], -1, layer.keys.shape[3]
-            )
-            layer.keys = layer.keys.gather(2, gather)
-            layer.values = layer.values.gather(2, gather)
+        layers = []
+        for keys, values in _tensors(self.cache):
+            gather = index[:, None, :, None].expand(-1, keys.shape[1], -1, keys.shape[3])
+            layers.append((keys.gather(2, gather), values.gather(2, gather)))
+        if layers:
+            self.cache = new_cache(layers)
         self.mask = mask.to(self.mask.device)
+
+    @classmethod
+    def merge(cls, parts: Sequence[tuple[KVBatch, Sequence[int]]], num_rows: int) -> KVBatch:
+        """One batch from parts whose rows go to the given row positions.
+
+        Parts may have different widths; narrower ones are padded on the right
+        with masked-out columns, so every row keeps its columns.
+        """
+        width = max(part.num_columns for part, _ in parts)
+        first = parts[0][0]
+        mask = first.mask.new_zeros((num_rows, width))
+        tokens: list[tuple[int, ...]] = [()] * num_rows
+        columns: list[list[int]] = [[] for _ in range(num_rows)]
+        per_layer = [_tensors(part.cache) for part, _ in parts]
+        layers = []
+        for layer_index, (keys, values) in enumerate(per_layer[0]):
+            shape = (num_rows, keys.shape[1], width, keys.shape[3])
+            merged_keys, merged_values = keys.new_zeros(shape), values.new_zeros(shape)
+            for (part, rows), part_layers in zip(parts, per_layer, strict=True):
+                index = torch.tensor(rows, dtype=torch.long, device=mask.device)
+                part_keys, part_values = part_layers[layer_index]
+                merged_keys[index, :, : part.num_columns] = part_keys
+                merged_values[index, :, : part.num_columns] = part_values
+            layers.append((merged_keys, merged_values))
+        for part, rows in parts:
+            index = torch.tensor(rows, dtype=torch.long, device=mask.device)
+            mask[index, : part.num_columns] = part.mask
+            for source, row in enumerate(rows):
+                tokens[row] = part.tokens[source]
+                columns[row] = part.columns[source]
+        cache = new_cache(layers) if layers else new_cache(len(first.cache.layers))
+        return cls(cache, mask, tokens, columns)

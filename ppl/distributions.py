@@ -11,13 +11,16 @@ from ppl.lm import LM, Context, ScoreRequest, StepRequest
 from ppl.values import Chat, Step
 
 
-def make_request(context: Context, stop, max_tokens: int, temperature: float) -> StepRequest:
+def make_request(
+    context: Context, stop, max_tokens: int, temperature: float, logits_processor=None
+) -> StepRequest:
     """The normalized request of a step; its hash identifies the step on replay."""
     return StepRequest(
         context=context if isinstance(context, Chat) else str(context),
         stop=(stop,) if isinstance(stop, str) else tuple(stop),
         max_tokens=max_tokens,
         temperature=float(temperature),
+        logits_processor=logits_processor,
     )
 
 
@@ -46,6 +49,7 @@ class LMStep(TorchDistribution):
         stop: tuple[str, ...] | list[str] = ("\n",),
         max_tokens: int = 64,
         temperature: float = 1.0,
+        logits_processor=None,
     ):
         if not isinstance(context, str | Chat):
             raise InvalidArgumentError(
@@ -57,7 +61,19 @@ class LMStep(TorchDistribution):
             raise InvalidArgumentError(
                 f"temperature must be > 0 (the proposal must cover the model), got {temperature!r}"
             )
-        request = make_request(context, stop, max_tokens, temperature)
+        if logits_processor is not None:
+            try:
+                hash(logits_processor)
+            except TypeError as error:
+                raise InvalidArgumentError(
+                    "logits_processor must be callable and hashable, got "
+                    f"{type(logits_processor).__name__}"
+                ) from error
+            if not callable(logits_processor):
+                raise InvalidArgumentError(
+                    f"logits_processor must be callable, got {logits_processor!r}"
+                )
+        request = make_request(context, stop, max_tokens, temperature, logits_processor)
         if not all(isinstance(s, str) and s for s in request.stop):
             raise InvalidArgumentError(f"stop must be a tuple of non-empty strings, got {stop!r}")
         if not hasattr(lm, "sample_steps"):

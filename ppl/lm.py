@@ -10,10 +10,32 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import Protocol
+
+import torch
 
 from ppl.values import Chat
 
 Context = str | Chat
+
+
+class LogitsProcessor(Protocol):
+    """Reshapes the proposal of a step token by token (e.g. masks banned tokens).
+
+    Called with the next-token logits of the rows that use it (``[rows, vocab]``,
+    float32; it may modify them in place) and, per row, the tokens generated so
+    far in this step; returns the logits to sample from. It changes only the
+    proposal: backends report ``logq`` under the processed distribution and
+    ``logp`` under the model, so weights ``log p - log q`` stay exact wherever
+    the processed proposal covers the program's target. A mask is exact when
+    every token it removes makes the program's constraint fail anyway.
+    Processors must be hashable (functions and plain objects are): replay
+    identifies a step by its request.
+    """
+
+    def __call__(
+        self, logits: torch.Tensor, generated: Sequence[Sequence[int]]
+    ) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +46,7 @@ class StepRequest:
     stop: tuple[str, ...] = ("\n",)
     max_tokens: int = 64
     temperature: float = 1.0
+    logits_processor: LogitsProcessor | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +84,7 @@ class LMStats:
     tokens_generated: int = 0
     tokens_scored: int = 0
     tokens_prefilled: int = 0
+    decode_rows: int = 0  # rows in decode forward passes, idle ones included
 
     def snapshot(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

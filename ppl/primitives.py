@@ -19,8 +19,8 @@ from pyro.poutine.runtime import am_i_wrapped, effectful
 
 from ppl.distributions import LMStep, make_request
 from ppl.errors import InvalidArgumentError
-from ppl.handlers.replay_messenger import replay_fast
-from ppl.lm import LM, Context
+from ppl.handlers.replay_messenger import record_factor_fast, replay_fast
+from ppl.lm import LM, Context, LogitsProcessor
 from ppl.values import Step
 
 
@@ -32,14 +32,16 @@ def step(
     stop: tuple[str, ...] = ("\n",),
     max_tokens: int = 64,
     temperature: float = 1.0,
+    logits_processor: LogitsProcessor | None = None,
 ) -> Step:
     """Ask ``lm`` for one reasoning step after ``context``.
 
     Generation stops after the token that completes a stop string, at EOS, or
     after ``max_tokens`` tokens; ``stop=()`` means no stop string. A ``str``
     context is tokenized as raw text, a ``ppl.Chat`` with the chat template.
-    ``temperature`` is the proposal's: the target stays the temperature-1
-    model, and engines weight each step by ``log p - log q``.
+    ``temperature`` and ``logits_processor`` (e.g. ``models.BannedTokens``)
+    shape the proposal only: the target stays the temperature-1 model, and
+    engines weight each step by ``log p - log q``.
 
     Example:
         >>> @ppl.program
@@ -47,13 +49,22 @@ def step(
         ...     line = ppl.step("line", lm, "A haiku about rain:\\n", max_tokens=16)
         ...     ppl.answer(line.strip())
     """
-    _check_name(name)
     recorded = replay_fast(
-        name, "step", lambda: hash(make_request(context, stop, max_tokens, temperature))
+        name,
+        "step",
+        lambda: hash(make_request(context, stop, max_tokens, temperature, logits_processor)),
     )
     if recorded is not None:
         return recorded.value
-    dist = LMStep(lm, context, stop=stop, max_tokens=max_tokens, temperature=temperature)
+    _check_name(name)
+    dist = LMStep(
+        lm,
+        context,
+        stop=stop,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        logits_processor=logits_processor,
+    )
     return pyro.sample(name, dist, infer={"ppl_kind": "step"})
 
 
@@ -63,10 +74,10 @@ def sample(name: str, fn, *, proposal=None):
     Example:
         >>> strategy = ppl.sample("strategy", dist.Categorical(torch.ones(3)))  # doctest: +SKIP
     """
-    _check_name(name)
     recorded = replay_fast(name, "sample")
     if recorded is not None:
         return recorded.value
+    _check_name(name)
     infer = {"ppl_kind": "sample"}
     if proposal is not None:
         infer["ppl_proposal"] = proposal
@@ -79,8 +90,8 @@ def factor(name: str, log_weight) -> None:
     Example:
         >>> ppl.factor("verifier", math.log(0.9))  # doctest: +SKIP
     """
-    _check_name(name)
     if replay_fast(name, "factor") is None:
+        _check_name(name)
         _factor(name, _log_factor(log_weight, name), "factor")
 
 
@@ -90,8 +101,8 @@ def condition(name: str, ok) -> None:
     Example:
         >>> ppl.condition("no_e", "e" not in text)  # doctest: +SKIP
     """
-    _check_name(name)
     if replay_fast(name, "condition") is None:
+        _check_name(name)
         _factor(name, 0.0 if bool(ok) else -math.inf, "condition")
 
 
@@ -101,9 +112,9 @@ def observe(name: str, fn, value) -> None:
     Example:
         >>> ppl.observe("score", dist.Normal(mu, 1.0), torch.tensor(0.3))  # doctest: +SKIP
     """
-    _check_name(name)
     # Outside inference an observation has no effect.
     if am_i_wrapped() and replay_fast(name, "observe") is None:
+        _check_name(name)
         pyro.sample(name, fn, obs=value, infer={"ppl_kind": "observe"})
 
 
@@ -143,9 +154,11 @@ def memo(name: str, fn: Callable, *args) -> Any:
     Example:
         >>> ok = ppl.memo("check_1", calculator_check, line)  # doctest: +SKIP
     """
-    _check_name(name)
     recorded = replay_fast(name, "memo")
-    return recorded.value if recorded is not None else _memo(fn, *args, name=name)
+    if recorded is not None:
+        return recorded.value
+    _check_name(name)
+    return _memo(fn, *args, name=name)
 
 
 def answer(value) -> Any:
@@ -198,12 +211,13 @@ def program(fn: Callable) -> Program:
 
 
 def _check_name(name) -> None:
+    # Checked when a site is new: a replayed name equals its recorded, checked, one.
     if not isinstance(name, str) or not name:
         raise InvalidArgumentError(f"site names must be non-empty strings, got {name!r}")
 
 
 def _log_factor(value, name: str) -> float:
-    result = float(torch.as_tensor(value).sum())
+    result = float(value) if isinstance(value, int | float) else float(torch.as_tensor(value).sum())
     if math.isnan(result) or result == math.inf:
         raise InvalidArgumentError(f"log weight at site {name!r} is {result}; use -inf to reject")
     return result
@@ -211,6 +225,8 @@ def _log_factor(value, name: str) -> float:
 
 def _factor(name: str, log_factor: float, kind: str) -> None:
     if not am_i_wrapped():  # outside inference a factor has no effect
+        return
+    if record_factor_fast(name, kind, log_factor):
         return
     unit = Unit(torch.tensor(log_factor))
     infer = {"ppl_kind": kind, "ppl_log_factor": log_factor}

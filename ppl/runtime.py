@@ -64,7 +64,8 @@ def execute(prog: Program, args: tuple, kwargs: dict, trace: Trace) -> Execution
         pending = suspend.choice
     finally:
         _FAST_REPLAYS.pop()
-    new_trace = Trace(tuple(record.sites))
+    # Every replayed site has now been checked against the program's requests.
+    new_trace = Trace(tuple(record.sites), min(replay.position, len(trace.sites)))
     log_weight = record.log_weight
     if pending is None:
         if replay.position < len(trace.sites):

@@ -42,10 +42,13 @@ class Trace:
     """
 
     sites: tuple[Site, ...] = ()
+    # How many leading sites a replay has already checked against the program's
+    # requests; replay re-checks only the others (see ReplayMessenger).
+    verified: int = field(default=0, repr=False, compare=False)
     _index: dict[str, Site] = field(default=None, init=False, repr=False, compare=False)
 
     def extend(self, *sites: Site) -> Trace:
-        return Trace(self.sites + sites)
+        return Trace(self.sites + sites, self.verified)
 
     def __len__(self) -> int:
         return len(self.sites)

@@ -1,0 +1,171 @@
+"""The particle backend: ragged batched cache, parking, resampling, logits processors."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import VOCAB, make_tiny_lm
+from exactness import assert_matches_exact, assert_unbiased_evidence
+
+import ppl
+from models import BannedTokens
+from models.transformers_lm import sample_categorical
+
+
+def full_forward_logits(lm, text: str) -> torch.Tensor:
+    with torch.no_grad():
+        return lm.model(input_ids=torch.tensor([lm.encode(text)])).logits[0, -1]
+
+
+def cached_logits(lm, texts: list[str]) -> torch.Tensor:
+    """Next-token logits of each text from the batch cache (feeds only uncached tokens)."""
+    return lm._feed([lm.encode(t) for t in texts], [1] * len(texts))[:, -1, :]
+
+
+def test_cache_after_steps_resampling_and_compaction_equals_full_forward():
+    lm = make_tiny_lm(seed=4, layers=3)
+    rng = np.random.default_rng(0)
+    texts = ["ab"] * 12
+    for step_round in range(4):
+        # Ragged steps: stop strings end rows at different tokens, so rows
+        # idle, leave the decoding batch and are merged back.
+        requests = [ppl.StepRequest(t, stop=("c", "ee"), max_tokens=5) for t in texts]
+        results = lm.sample_steps(requests, seed=step_round)
+        texts = [t + r.text for t, r in zip(texts, results, strict=True)]
+        # Resampling: particles fork (shared rows) and others die.
+        texts = [texts[i] for i in rng.integers(len(texts), size=len(texts))]
+        if step_round == 2:
+            lm._batch.compact()
+        logits = cached_logits(lm, texts)
+        for row, text in enumerate(texts):
+            diff = (logits[row] - full_forward_logits(lm, text)).abs().max()
+            assert diff <= 1e-4, (step_round, row, float(diff))
+    assert len({len(lm.encode(t)) for t in texts}) > 1  # the rows really were ragged
+
+
+def test_finished_rows_leave_the_decoding_batch():
+    lm = make_tiny_lm(seed=3)
+    requests = [ppl.StepRequest("a", stop=("b",), max_tokens=12)] * 32
+    results = lm.sample_steps(requests, seed=1)
+    lengths = sorted(len(r.token_ids) for r in results)
+    assert lengths[0] < lengths[-1]  # ragged, so some rows finished early
+    # Every decode forward pass serves the rows still generating plus fewer
+    # idle rows than a quarter of the batch: far fewer than all rows x longest step.
+    decode_steps = lengths[-1] - 1
+    assert lm.stats.decode_rows < len(requests) * decode_steps
+    assert lm.stats.decode_rows <= sum(lengths) - len(requests) + decode_steps * 8
+    # The cache rows of finished requests came back: each continues exactly.
+    texts = ["a" + r.text for r in results]
+    logits = cached_logits(lm, texts)
+    for row, text in enumerate(texts):
+        assert torch.allclose(logits[row], full_forward_logits(lm, text), atol=1e-4)
+
+
+def test_prefill_is_counted_once_per_distinct_prompt():
+    lm = make_tiny_lm()
+
+    @ppl.program
+    def story(lm, prompt):
+        text = prompt
+        for i in range(3):
+            text += ppl.step(f"s{i}", lm, text, stop=("c",), max_tokens=3)
+        ppl.answer(text)
+
+    ppl.smc(story, lm, "abab", num_particles=16, seed=0)
+    assert lm.stats.prefill_calls == 1
+    ppl.smc(story, lm, "cab", num_particles=16, seed=0)
+    assert lm.stats.prefill_calls == 2
+
+
+def test_sample_categorical_matches_probabilities_and_skips_zero_mass():
+    probs = torch.tensor([[0.5, 0.0, 0.2, 0.3, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]])
+    log_probs = probs.log().repeat(20000, 1)
+    draws = sample_categorical(log_probs, torch.Generator().manual_seed(0)).view(-1, 2)
+    assert (draws[:, 1] == 4).all()
+    counts = torch.bincount(draws[:, 0], minlength=5).double() / draws.shape[0]
+    assert counts[1] == 0 and counts[4] == 0
+    se = (probs[0].double() * (1 - probs[0].double()) / draws.shape[0]).sqrt()
+    assert ((counts - probs[0]).abs() <= 4 * se + 1e-12).all()
+
+
+def test_logits_processor_and_temperature_enter_log_q_not_log_p():
+    lm = make_tiny_lm(seed=1)
+    ban_c = BannedTokens([VOCAB.index("c")])
+    requests = [
+        ppl.StepRequest("ab", stop=(), max_tokens=1, temperature=0.7, logits_processor=ban_c)
+    ]
+    raw = full_forward_logits(lm, "ab").double()
+    masked = raw.clone()
+    masked[VOCAB.index("c")] = -math.inf
+    for result in lm.sample_steps(requests * 50, seed=2):
+        (token,) = result.token_ids
+        assert token != VOCAB.index("c")
+        assert result.logp == pytest.approx(float(torch.log_softmax(raw, -1)[token]), abs=1e-4)
+        assert result.logq == pytest.approx(
+            float(torch.log_softmax(masked / 0.7, -1)[token]), abs=1e-4
+        )
+
+
+@ppl.program
+def no_e_text(lm, processor):
+    text = "a"
+    for i in range(3):
+        token = ppl.step(f"t{i}", lm, text, stop=(), max_tokens=1, logits_processor=processor)
+        ppl.condition(f"no_e_{i}", "e" not in token)
+        text += token
+        if token.finished:
+            break
+    ppl.answer(text)
+
+
+def exact_no_e(lm) -> tuple[dict, float]:
+    """Enumerate three tokens with full forward passes; mass on texts without 'e'."""
+    joint: dict = {}
+
+    def walk(text, prob, depth):
+        if depth == 3:
+            joint[text] = joint.get(text, 0.0) + prob
+            return
+        probs = torch.softmax(full_forward_logits(lm, text).double(), -1).tolist()
+        for token, p in enumerate(probs):
+            if token == 0:
+                joint[text] = joint.get(text, 0.0) + prob * p
+            elif VOCAB[token] != "e":
+                walk(text + VOCAB[token], prob * p, depth + 1)
+
+    walk("a", 1.0, 0)
+    z = sum(joint.values())
+    return {k: v / z for k, v in joint.items()}, math.log(z)
+
+
+def test_masked_proposal_is_exact_and_loses_no_particle():
+    lm = make_tiny_lm(seed=5)
+    no_e = BannedTokens.from_predicate(lm, lambda text: "e" in text)
+    assert no_e.token_ids == (VOCAB.index("e"),)  # EOS adds no text, so it stays allowed
+    exact, log_z = exact_no_e(lm)
+    posterior = ppl.run("importance", no_e_text, lm, no_e, num_runs=100, num_particles=20, seed=3)
+    assert np.isfinite(posterior.log_weights).all()
+    assert_matches_exact(posterior, exact)
+    assert_unbiased_evidence(posterior, log_z)
+
+
+def test_processor_that_bans_everything_is_a_clear_error():
+    lm = make_tiny_lm()
+    everything = BannedTokens(range(len(VOCAB)))
+    with pytest.raises(ppl.BackendError, match="logits processor"):
+        lm.sample_steps([ppl.StepRequest("ab", logits_processor=everything)], seed=0)
+    # The failed call leaves no half-updated cache behind.
+    (result,) = lm.sample_steps([ppl.StepRequest("ab", stop=(), max_tokens=2)], seed=0)
+    (score,) = make_tiny_lm().score_steps([ppl.ScoreRequest("ab", result.token_ids)])
+    assert score == pytest.approx(result.logp, abs=1e-4)
+
+
+def test_unhashable_processor_is_rejected():
+    @ppl.program
+    def bad(lm):
+        ppl.step("s", lm, "ab", logits_processor=[1, 2])
+        ppl.answer(0)
+
+    with pytest.raises(ppl.InvalidArgumentError, match="hashable"):
+        ppl.importance(bad, make_tiny_lm(), num_particles=2, seed=0)
