@@ -97,6 +97,38 @@ class KVBatch:
             [list(self.columns[r]) for r in rows],
         )
 
+    def reindex(self, sources: Sequence[int]) -> KVBatch:
+        """Make row ``r`` hold old row ``sources[r]`` (-1: any row, to be truncated by the caller).
+
+        Rows that keep their place are not touched and only moved rows are
+        copied, in place; a batch that grows is reallocated by ``select``.
+        After this call the old batch must not be used.
+        """
+        num_rows = len(sources)
+        if num_rows > self.num_rows:
+            return self.select([max(source, 0) for source in sources])
+        moved = [r for r, source in enumerate(sources) if source not in (r, -1)]
+        if moved:
+            device = self.mask.device
+            destination = torch.tensor(moved, dtype=torch.long, device=device)
+            origin = torch.tensor([sources[r] for r in moved], dtype=torch.long, device=device)
+            for keys, values in _tensors(self.cache):
+                keys.index_copy_(0, destination, keys.index_select(0, origin))
+                values.index_copy_(0, destination, values.index_select(0, origin))
+            self.mask.index_copy_(0, destination, self.mask.index_select(0, origin))
+            tokens, columns = list(self.tokens), list(self.columns)
+            for r in moved:
+                self.tokens[r] = tokens[sources[r]]
+                self.columns[r] = list(columns[sources[r]])
+        if num_rows < self.num_rows:
+            layers = [(k[:num_rows], v[:num_rows]) for k, v in _tensors(self.cache)]
+            if layers:
+                self.cache = new_cache(layers)
+            self.mask = self.mask[:num_rows]
+            self.tokens = self.tokens[:num_rows]
+            self.columns = self.columns[:num_rows]
+        return self
+
     def truncate(self, row: int, length: int) -> None:
         """Keep only the first ``length`` cached tokens of ``row`` (the rest are masked out)."""
         dropped = self.columns[row][length:]

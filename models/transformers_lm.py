@@ -17,6 +17,9 @@ from ppl.lm import LM, Context, LMStats, ScoreRequest, StepRequest, StepResult
 
 # Scoring materialises logits for every scored position; cap that memory.
 _SCORE_LOGITS_BUDGET = 256 * 2**20
+# Requests with identical contexts are computed once when more than this many
+# of their tokens are uncached.
+_SHARED_FEED_MIN_TOKENS = 4
 
 
 class TransformersLM(LM):
@@ -140,13 +143,14 @@ class TransformersLM(LM):
 
     def _sample(self, requests: Sequence[StepRequest], generator) -> list[StepResult]:
         size = len(requests)
-        logits = self._feed([self.encode(r.context) for r in requests], [1] * size)[:, -1, :]
+        logits, rows = self._feed([self.encode(r.context) for r in requests], [1] * size)
+        logits = logits[:, -1, :]
         generated: list[list[int]] = [[] for _ in range(size)]
         logp = [0.0] * size
         logq = [0.0] * size
         finished = [False] * size
         done = [False] * size
-        rows = list(range(size))  # the request each batch row serves
+        # rows[r] is the request batch row r serves.
         parked: list[tuple[KVBatch, list[int]]] = []
         while True:
             live = [row for row, j in enumerate(rows) if not done[j]]
@@ -175,7 +179,7 @@ class TransformersLM(LM):
             if 4 * len(idle) >= len(rows):
                 keep = [row for row, j in enumerate(rows) if not done[j]]
                 parked.append((self._batch.select(idle), [rows[row] for row in idle]))
-                self._batch = self._batch.select(keep)
+                self._batch = self._batch.reindex(keep)
                 rows = [rows[row] for row in keep]
             logits = self._decode_one([None if done[j] else generated[j][-1] for j in rows])
         if parked:
@@ -250,16 +254,41 @@ class TransformersLM(LM):
                 sequences.append(self.encode(requests[j].context) + continuation[:-1])
                 continuations.append(continuation)
             counts = [len(c) for c in continuations]
-            logits = self._feed(sequences, counts).float()
-            log_p = torch.log_softmax(logits, dim=-1)
+            logits, rows = self._feed(sequences, counts)
+            log_p = torch.log_softmax(logits.float(), dim=-1)
             width = log_p.shape[1]
-            for row, (j, continuation) in enumerate(zip(chunk, continuations, strict=True)):
+            for row, request in enumerate(rows):
+                j, continuation = chunk[request], continuations[request]
                 targets = torch.tensor(continuation, device=self.device)
                 positions = torch.arange(width - len(continuation), width, device=self.device)
                 scores[j] = float(log_p[row, positions, targets].sum())
             self.stats.tokens_scored += sum(counts)
         self._maybe_compact()
         return scores
+
+    @torch.inference_mode()
+    def next_token_logprobs(self, contexts: Sequence[Context]) -> torch.Tensor:
+        """Log-probabilities of the next token after each context, ``[len(contexts), vocab]``.
+
+        One batched pass that reuses cached prefixes, like the steps do: the
+        building block of judges that read a yes/no answer off the model.
+
+        Example:
+            >>> lm.next_token_logprobs(["The sky is"]).shape  # doctest: +SKIP
+            torch.Size([1, 49152])
+        """
+        if not contexts:
+            return torch.empty((0, self.model.config.vocab_size))
+        self.stats.score_calls += 1
+        logits, rows = self._feed([self.encode(c) for c in contexts], [1] * len(contexts))
+        log_p = torch.empty(
+            (len(contexts), logits.shape[-1]), dtype=torch.float32, device=self.device
+        )
+        log_p[torch.tensor(rows, device=self.device)] = torch.log_softmax(
+            logits[:, -1, :].float(), dim=-1
+        )
+        self._maybe_compact()
+        return log_p
 
     # --- cache management -----------------------------------------------------
     def _hit_stop(self, generated: list[int], stop: tuple[str, ...]) -> bool:
@@ -269,12 +298,16 @@ class TransformersLM(LM):
         tail = max(len(s) for s in stop) + 16  # a token decodes to a handful of characters
         return any(s in text[-tail:] for s in stop)
 
-    def _feed(self, sequences: list[tuple[int, ...]], num_logits: list[int]) -> torch.Tensor:
-        """Make row ``j`` of the batch cache hold ``sequences[j]``; return logits.
+    def _feed(
+        self, sequences: list[tuple[int, ...]], num_logits: list[int]
+    ) -> tuple[torch.Tensor, list[int]]:
+        """Make the batch cache hold every sequence; return logits and the row order.
 
-        Returns logits ``[len(sequences), max(num_logits), vocab]`` whose last
-        ``num_logits[j]`` positions of row ``j`` predict the tokens after the
-        last ``num_logits[j]`` tokens of ``sequences[j]``.
+        Returns ``(logits, rows)``: batch row ``r`` now holds ``sequences[rows[r]]``
+        and ``logits[r]`` (``[max(num_logits), vocab]``) has, in its last
+        ``num_logits[rows[r]]`` positions, the predictions after that many
+        last tokens of the sequence. Rows stay where their cached prefix is
+        wherever possible, so continuing particles are not copied.
         """
         try:
             return self._feed_batch(sequences, num_logits)
@@ -282,22 +315,36 @@ class TransformersLM(LM):
             self._batch = None  # a half-updated cache must not serve later calls
             raise
 
-    def _feed_batch(self, sequences, num_logits) -> torch.Tensor:
+    def _feed_batch(self, sequences, num_logits) -> tuple[torch.Tensor, list[int]]:
         sources, prefix_lengths = self._match(sequences, num_logits)
-        unique: dict[tuple, int] = {}
-        group = []
-        for j, sequence in enumerate(sequences):
-            key = (sources[j], prefix_lengths[j], sequence)
-            group.append(unique.setdefault(key, len(unique)))
-        keys = list(unique)
-        batch = self._rows_for([(source, length) for source, length, _ in keys])
-        remainders = [sequence[length:] for _, length, sequence in keys]
+        longest_remainder = max(len(q) - n for q, n in zip(sequences, prefix_lengths, strict=True))
+        # Identical requests share one computation when they start from scratch
+        # (a prompt's prefill) or their remainder is long; for the token or two
+        # that resampled particles lack, computing duplicates is cheaper than
+        # expanding the cache afterwards.
+        if longest_remainder > _SHARED_FEED_MIN_TOKENS or min(sources) < 0:
+            unique: dict[tuple, int] = {}
+            group = [
+                unique.setdefault((sources[j], prefix_lengths[j], sequence), len(unique))
+                for j, sequence in enumerate(sequences)
+            ]
+            keys = list(unique)
+        else:
+            group = list(range(len(sequences)))
+            keys = list(zip(sources, prefix_lengths, sequences, strict=True))
+        batch, key_rows = self._rows_for([(source, length) for source, length, _ in keys])
+        num_rows = len(keys)
+        row_keys = [0] * num_rows
+        for key, row in enumerate(key_rows):
+            row_keys[row] = key
+        remainders = [keys[k][2][keys[k][1] :] for k in row_keys]
         width = max(len(r) for r in remainders)
-        input_ids = torch.full((len(keys), width), self.pad_token_id, dtype=torch.long)
-        chunk_mask = torch.zeros((len(keys), width), dtype=batch.mask.dtype)
-        positions = torch.zeros((len(keys), width), dtype=torch.long)
+        input_ids = torch.full((num_rows, width), self.pad_token_id, dtype=torch.long)
+        chunk_mask = torch.zeros((num_rows, width), dtype=batch.mask.dtype)
+        positions = torch.zeros((num_rows, width), dtype=torch.long)
         base = batch.num_columns
-        for row, ((_, length, _), remainder) in enumerate(zip(keys, remainders, strict=True)):
+        for row, (key, remainder) in enumerate(zip(row_keys, remainders, strict=True)):
+            length = keys[key][1]
             start = width - len(remainder)
             input_ids[row, start:] = torch.tensor(remainder, dtype=torch.long)
             chunk_mask[row, start:] = 1
@@ -310,12 +357,15 @@ class TransformersLM(LM):
         self.stats.tokens_prefilled += sum(len(r) for r in remainders)
         if base == 0 or any(source < 0 for source, _, _ in keys):
             self.stats.prefill_calls += 1
-        logits = self._forward(batch, input_ids, positions, max(num_logits))
-        if len(keys) < len(sequences):
-            batch = batch.select(group)
-            logits = logits.index_select(0, torch.tensor(group, device=self.device))
         self._batch = batch
-        return logits
+        logits = self._forward(batch, input_ids, positions, max(num_logits))
+        if len(keys) == len(sequences):
+            return logits, row_keys
+        # Expand shared rows to one row per request (request order).
+        rows_of_requests = [key_rows[k] for k in group]
+        self._batch = batch.select(rows_of_requests)
+        index = torch.tensor(rows_of_requests, device=self.device)
+        return logits.index_select(0, index), list(range(len(sequences)))
 
     def _decode_one(self, tokens: list[int | None]) -> torch.Tensor:
         """Feed one token per row (None: the row idles); return next-token logits."""
@@ -333,6 +383,7 @@ class TransformersLM(LM):
         batch.mask = torch.cat([batch.mask, step_mask.to(self.device)], dim=1)
         self.stats.forward_calls += 1
         self.stats.decode_rows += len(tokens)
+        self.stats.idle_rows += tokens.count(None)
         return self._forward(batch, input_ids, positions, 1)[:, -1, :]
 
     def _forward(self, batch: KVBatch, input_ids, positions, num_logits: int) -> torch.Tensor:
@@ -375,15 +426,33 @@ class TransformersLM(LM):
             sources[j], lengths[j] = found[key]
         return sources, lengths
 
-    def _rows_for(self, sources: list[tuple[int, int]]) -> KVBatch:
-        """A batch whose row ``u`` holds the first ``length`` tokens of old row ``source``."""
+    def _rows_for(self, sources: list[tuple[int, int]]) -> tuple[KVBatch, list[int]]:
+        """A batch holding, for each ``(source, length)``, that prefix of an old row.
+
+        Returns the batch and the row given to each source. A source keeps its
+        own row when it can, so surviving particles stay where they are and
+        only forked or replaced rows are copied.
+        """
         old = self._batch
         if old is None:
-            return KVBatch.empty(self.model.config.num_hidden_layers, len(sources), self.device)
-        batch = old.select([max(source, 0) for source, _ in sources])
-        for row, (source, length) in enumerate(sources):
+            empty = KVBatch.empty(self.model.config.num_hidden_layers, len(sources), self.device)
+            return empty, list(range(len(sources)))
+        num_rows = len(sources)
+        assigned: list[int | None] = [None] * num_rows
+        taken: set[int] = set()
+        for k, (source, _) in enumerate(sources):
+            if 0 <= source < num_rows and source not in taken:
+                assigned[k] = source
+                taken.add(source)
+        free = (row for row in range(num_rows) if row not in taken)
+        assigned = [row if row is not None else next(free) for row in assigned]
+        origins = [-1] * num_rows
+        for (source, _), row in zip(sources, assigned, strict=True):
+            origins[row] = source
+        batch = old.reindex(origins)
+        for (source, length), row in zip(sources, assigned, strict=True):
             batch.truncate(row, length if source >= 0 else 0)
-        return batch
+        return batch, assigned
 
     def _maybe_compact(self) -> None:
         batch = self._batch

@@ -85,6 +85,7 @@ class LMStats:
     tokens_scored: int = 0
     tokens_prefilled: int = 0
     decode_rows: int = 0  # rows in decode forward passes, idle ones included
+    idle_rows: int = 0  # of those, rows whose step had ended (fed a masked pad)
 
     def snapshot(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -18,9 +18,13 @@ def full_forward_logits(lm, text: str) -> torch.Tensor:
         return lm.model(input_ids=torch.tensor([lm.encode(text)])).logits[0, -1]
 
 
-def cached_logits(lm, texts: list[str]) -> torch.Tensor:
-    """Next-token logits of each text from the batch cache (feeds only uncached tokens)."""
-    return lm._feed([lm.encode(t) for t in texts], [1] * len(texts))[:, -1, :]
+def cached_logprobs(lm, texts: list[str]) -> torch.Tensor:
+    """Next-token log-probabilities of each text from the batch cache (uncached tokens fed)."""
+    return lm.next_token_logprobs(texts)
+
+
+def full_forward_logprobs(lm, text: str) -> torch.Tensor:
+    return torch.log_softmax(full_forward_logits(lm, text), -1)
 
 
 def test_cache_after_steps_resampling_and_compaction_equals_full_forward():
@@ -37,9 +41,9 @@ def test_cache_after_steps_resampling_and_compaction_equals_full_forward():
         texts = [texts[i] for i in rng.integers(len(texts), size=len(texts))]
         if step_round == 2:
             lm._batch.compact()
-        logits = cached_logits(lm, texts)
+        logprobs = cached_logprobs(lm, texts)
         for row, text in enumerate(texts):
-            diff = (logits[row] - full_forward_logits(lm, text)).abs().max()
+            diff = (logprobs[row] - full_forward_logprobs(lm, text)).abs().max()
             assert diff <= 1e-4, (step_round, row, float(diff))
     assert len({len(lm.encode(t)) for t in texts}) > 1  # the rows really were ragged
 
@@ -57,9 +61,9 @@ def test_finished_rows_leave_the_decoding_batch():
     assert lm.stats.decode_rows <= sum(lengths) - len(requests) + decode_steps * 8
     # The cache rows of finished requests came back: each continues exactly.
     texts = ["a" + r.text for r in results]
-    logits = cached_logits(lm, texts)
+    logprobs = cached_logprobs(lm, texts)
     for row, text in enumerate(texts):
-        assert torch.allclose(logits[row], full_forward_logits(lm, text), atol=1e-4)
+        assert torch.allclose(logprobs[row], full_forward_logprobs(lm, text), atol=1e-4)
 
 
 def test_prefill_is_counted_once_per_distinct_prompt():

@@ -1,0 +1,118 @@
+"""SMC generation throughput against a raw batched decode loop of the same model.
+
+For each N, one SMC run of a T-step program (steps of up to 32 tokens, ending
+at a sentence end) and one raw loop run back to back: the raw loop prefills
+the prompt once, expands its cache to N rows and decodes, sampling every
+token with the same sampler, for as many tokens per row as SMC generated per
+particle. Both include their prefill. The ratio is SMC tokens/s over raw
+tokens/s, the median over repeats; 1.0 means particle methods cost nothing
+beyond the decoding itself.
+
+Run: ``python bench/throughput.py``  (embedded model; ``--repeats``, ``--steps``)
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import click
+import torch
+from transformers import DynamicCache
+
+import models
+import ppl
+from models.transformers_lm import sample_categorical
+
+PROMPT = "Write a short story about a fox who finds a key.\n\nOnce upon a time"
+
+
+@ppl.program
+def story(lm, prompt: str, num_steps: int, step_tokens: int):
+    text = prompt
+    for t in range(num_steps):
+        sentence = ppl.step(f"sentence_{t}", lm, text, stop=(".", "\n"), max_tokens=step_tokens)
+        # A mild preference for shorter sentences, so SMC resamples now and then.
+        ppl.factor(f"brevity_{t}", -0.02 * len(sentence))
+        text += sentence
+        if sentence.finished:
+            break
+    ppl.answer(text[len(prompt) :])
+
+
+@torch.inference_mode()
+def raw_decode(lm, prompt_ids: list[int], num_rows: int, num_tokens: int, seed: int) -> float:
+    """Seconds for a plain KV-cached batched decode loop: prefill once, expand, decode."""
+    model = lm.model
+    generator = torch.Generator().manual_seed(seed)
+    started = time.perf_counter()
+    cache = DynamicCache(config=model.config)
+    out = model(input_ids=torch.tensor([prompt_ids]), past_key_values=cache, use_cache=True)
+    cache.batch_repeat_interleave(num_rows)
+    logits = out.logits[:, -1, :].expand(num_rows, -1)
+    for _ in range(num_tokens):
+        tokens = sample_categorical(torch.log_softmax(logits.float(), -1), generator)
+        out = model(input_ids=tokens[:, None], past_key_values=cache, use_cache=True)
+        logits = out.logits[:, -1, :]
+    return time.perf_counter() - started
+
+
+def smc_run(lm, num_particles: int, num_steps: int, step_tokens: int, seed: int):
+    before = lm.stats.snapshot()
+    lm._batch = None  # start from an empty cache, as the raw loop does
+    started = time.perf_counter()
+    posterior = ppl.smc(
+        story, lm, PROMPT, num_steps, step_tokens, num_particles=num_particles, seed=seed
+    )
+    seconds = time.perf_counter() - started
+    after = lm.stats.snapshot()
+    delta = {key: after[key] - before[key] for key in after}
+    return seconds, delta, posterior
+
+
+@click.command()
+@click.option("--particles", "particle_counts", default="4,16,64", show_default=True)
+@click.option("--steps", default=6, show_default=True, help="Steps (sentences) per program.")
+@click.option("--step-tokens", default=32, show_default=True, help="Token limit per step.")
+@click.option("--repeats", default=3, show_default=True, help="Runs per N; medians shown.")
+@click.option("--threads", default=0, help="torch threads (0: torch's default).")
+def main(particle_counts: str, steps: int, step_tokens: int, repeats: int, threads: int):
+    if threads:
+        torch.set_num_threads(threads)
+    lm = models.default_lm()
+    prompt_ids = list(lm.encode(PROMPT))
+    click.echo(
+        f"SMC vs raw batched decoding, embedded model, {steps} steps of <= {step_tokens} tokens, "
+        f"{torch.get_num_threads()} threads, median of {repeats}"
+    )
+    header = (
+        f"{'N':>4} {'tokens/particle':>15} {'SMC tok/s':>10} {'raw tok/s':>10} "
+        f"{'ratio':>6} {'idle rows':>9} {'resampled':>9}"
+    )
+    click.echo(header)
+    for num_particles in (int(n) for n in particle_counts.split(",")):
+        ratios, smc_rates, raw_rates, idle, per_particle, resampled = [], [], [], [], [], []
+        for seed in range(repeats):
+            seconds, delta, posterior = smc_run(lm, num_particles, steps, step_tokens, seed)
+            generated = delta["tokens_generated"]
+            tokens_per_row = max(1, round(generated / num_particles))
+            raw_seconds = raw_decode(lm, prompt_ids, num_particles, tokens_per_row, seed)
+            smc_rate = generated / seconds
+            raw_rate = num_particles * tokens_per_row / raw_seconds
+            smc_rates.append(smc_rate)
+            raw_rates.append(raw_rate)
+            ratios.append(smc_rate / raw_rate)
+            # Decode passes also feed rows that idle until the batch sheds them.
+            idle.append(delta["idle_rows"] / max(1, delta["decode_rows"]))
+            per_particle.append(tokens_per_row)
+            resampled.append(sum(r.resampled for r in posterior.rounds[0]))
+        click.echo(
+            f"{num_particles:>4} {statistics.median(per_particle):>15.0f} "
+            f"{statistics.median(smc_rates):>10.1f} {statistics.median(raw_rates):>10.1f} "
+            f"{statistics.median(ratios):>6.2f} {statistics.median(idle):>9.1%} "
+            f"{statistics.median(resampled):>9.0f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
