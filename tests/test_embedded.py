@@ -61,6 +61,20 @@ def test_lipogram_smc_never_writes_e(smollm):
     assert posterior.cost.tokens_generated > 0 and posterior.cost.lm_calls >= 1
 
 
+def test_masked_lipogram_loses_no_particle(smollm):
+    lipogram = load_example("lipogram")
+    no_e = models.BannedTokens.from_predicate(smollm, lambda text: "e" in text.lower())
+    assert smollm.tokenizer.eos_token_id not in no_e.token_ids
+    posterior = ppl.smc(
+        lipogram.lipogram, smollm, lipogram.PROMPT, 8, False, no_e, num_particles=8, seed=0
+    )
+    # The mask removes exactly the tokens the condition would reject, so no
+    # particle is ever rejected and the weights stay finite.
+    assert all(math.isfinite(w) for w in posterior.log_weights)
+    for answer in posterior.answer_distribution():
+        assert "e" not in answer.lower()
+
+
 def test_arithmetic_example_checks_each_line(smollm):
     arithmetic = load_example("arithmetic_steps")
     assert arithmetic.equations("3 * 12 = 36, 36 - 5 = 31") == [

@@ -173,3 +173,14 @@ def test_unhashable_processor_is_rejected():
 
     with pytest.raises(ppl.InvalidArgumentError, match="hashable"):
         ppl.importance(bad, make_tiny_lm(), num_particles=2, seed=0)
+
+
+def test_bfloat16_model_samples_and_scores_consistently():
+    base = make_tiny_lm(seed=2)
+    lm = type(base)(base.model.to(torch.bfloat16), base.tokenizer)
+    results = lm.sample_steps([ppl.StepRequest("ab", stop=(), max_tokens=4)] * 8, seed=0)
+    fresh = make_tiny_lm(seed=2)
+    for result in results:
+        (score,) = fresh.score_steps([ppl.ScoreRequest("ab", result.token_ids)])
+        # bfloat16 keeps about 3 significant digits of each logit.
+        assert result.logp == pytest.approx(score, abs=0.05 * len(result.token_ids))
