@@ -14,6 +14,7 @@ Run: ``python bench/vs_llamppl.py``  (``--seeds``; the first run installs LLaMPP
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import venv
 from pathlib import Path
 
 import click
+import torch
 
 import models
 import ppl
@@ -86,7 +88,11 @@ def main(particles: int, tokens: int, seeds: int) -> None:
     their_costs = theirs(particles, tokens, seeds)
     our_costs = ours(particles, tokens, seeds)
     mine, other = statistics.median(our_costs), statistics.median(their_costs)
-    click.echo(f"lipogram SMC, N={particles}, <= {tokens} tokens, median of {seeds} runs")
+    click.echo(
+        f"lipogram SMC, N={particles}, <= {tokens} tokens, median of {seeds} runs, "
+        f"{torch.get_num_threads()} torch threads, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')} (both processes)"
+    )
     click.echo(f"{'library':>9} {'CPU ms / final token':>21}")
     click.echo(f"{'pplscale':>9} {1000 * mine:>21.1f}")
     click.echo(f"{'llamppl':>9} {1000 * other:>21.1f}")

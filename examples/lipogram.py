@@ -24,9 +24,7 @@ PROMPT = "Here is a short story about a cat. The cat"
 
 
 @ppl.program
-def lipogram(
-    lm, prompt: str = PROMPT, max_tokens: int = 24, use_twist: bool = False, mask=None
-):
+def lipogram(lm, prompt: str = PROMPT, max_tokens: int = 24, use_twist: bool = False, mask=None):
     text = ""
     for i in range(max_tokens):
         token = ppl.step(
