@@ -19,20 +19,66 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 
+class GrowingLayer(DynamicLayer):
+    """A full-attention cache layer whose buffers grow by doubling.
+
+    ``DynamicLayer`` concatenates on every update, copying the whole cache for
+    each decoded token; here appending writes into spare capacity, and
+    ``keys``/``values`` are views of the filled part.
+    """
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self.key_buffer = self.keys
+        self.value_buffer = self.values
+        self.length = 0
+
+    def hold(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Take ``keys``/``values`` (``[rows, heads, length, dim]``) as the layer's contents."""
+        if not self.is_initialized:
+            super().lazy_initialization(keys, values)
+        self.key_buffer, self.value_buffer = keys, values
+        self.keys, self.values = keys, values
+        self.length = keys.shape[-2]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        start = self.length
+        end = start + key_states.shape[-2]
+        if self.key_buffer.dim() != 4 or end > self.key_buffer.shape[-2]:
+            capacity = max(end, 2 * start, 64)
+            shape = (*key_states.shape[:2], capacity, key_states.shape[-1])
+            key_buffer = key_states.new_empty(shape)
+            value_buffer = value_states.new_empty(shape)
+            if start:
+                key_buffer[:, :, :start] = self.keys
+                value_buffer[:, :, :start] = self.values
+            self.key_buffer, self.value_buffer = key_buffer, value_buffer
+        self.key_buffer[:, :, start:end] = key_states
+        self.value_buffer[:, :, start:end] = value_states
+        self.length = end
+        self.keys = self.key_buffer[:, :, :end]
+        self.values = self.value_buffer[:, :, :end]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length if self.is_initialized else 0
+
+
 def new_cache(layers: Sequence[tuple[torch.Tensor, torch.Tensor]] | int) -> Cache:
-    """A cache of plain (full-attention) layers: empty, or holding the given keys and values.
+    """A cache of full-attention layers: empty, or holding the given keys and values.
 
     Example:
         >>> new_cache(2).get_seq_length()
         0
     """
     if isinstance(layers, int):
-        return Cache(layers=[DynamicLayer() for _ in range(layers)])
+        return Cache(layers=[GrowingLayer() for _ in range(layers)])
     cache_layers = []
     for keys, values in layers:
-        layer = DynamicLayer()
-        layer.lazy_initialization(keys, values)
-        layer.keys, layer.values = keys, values
+        layer = GrowingLayer()
+        layer.hold(keys, values)
         cache_layers.append(layer)
     return Cache(layers=cache_layers)
 
