@@ -55,7 +55,7 @@ def measure(lm, num_particles: int, repeats: int) -> tuple[float, float, float]:
         lm._batch = lm._rows_for(list(zip(sources, lengths, strict=True)))[0]
 
     def decode():
-        lm._decode_one([results[j].token_ids[-1] for j in range(num_particles)])
+        lm._decode([results[j].token_ids[-1] for j in range(num_particles)])
 
     def compact():
         lm._batch.select(range(num_particles)).compact()

@@ -22,7 +22,7 @@ from transformers import DynamicCache
 
 import models
 import ppl
-from models.transformers_lm import sample_categorical
+from models.token_lm import sample_categorical
 
 PROMPT = "Write a short story about a fox who finds a key.\n\nOnce upon a time"
 

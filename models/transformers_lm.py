@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,27 +10,26 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from models.kv_batch import KVBatch
+from models.token_lm import TokenLM
 from ppl.errors import BackendError, InvalidArgumentError
-from ppl.lm import LM, Context, LMStats, ScoreRequest, StepRequest, StepResult
+from ppl.lm import Context, LMStats
 
-# Scoring materialises logits for every scored position; cap that memory.
-_SCORE_LOGITS_BUDGET = 256 * 2**20
 # Requests with identical contexts are computed once when more than this many
 # of their tokens are uncached.
 _SHARED_FEED_MIN_TOKENS = 4
 
 
-class TransformersLM(LM):
+class TransformersLM(TokenLM):
     """A local ``transformers`` causal LM serving all particles in one batch.
 
     The backend keeps one batched KV cache across calls. Each request's
     context is tokenized, matched to the cached row sharing its longest token
     prefix, and only the remainder is fed to the model, so a particle's
-    prefix is never recomputed; requests with identical contexts share one
-    computation and are forked by ``index_select``. Contexts are tokenized
-    canonically (a ``str`` with the tokenizer's default special tokens, a
-    ``Chat`` through the chat template), so a step's probability depends only
-    on the text of its context, never on how the text was produced.
+    prefix is never recomputed: continuing particles keep their rows and
+    resampled copies get copies of their ancestors' rows. A shared prompt is
+    prefilled once. Rows whose step has ended leave the decoding batch once
+    they are a quarter of it, so they stop costing compute; their cache rows
+    are kept aside and put back when the call returns.
 
     Example:
         >>> lm = TransformersLM.from_pretrained("path/to/local/model")  # doctest: +SKIP
@@ -43,12 +40,14 @@ class TransformersLM(LM):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
+        self.vocab_size = model.config.vocab_size
         self.eos_token_ids = frozenset(_eos_ids(model, tokenizer))
         pad = tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else min(self.eos_token_ids, default=0)
         self.compact_threshold = compact_threshold
         self.stats = LMStats()
         self._batch: KVBatch | None = None
+        self._parked: list[tuple[KVBatch, list[int]]] = []
         self._encoded: dict[Context, tuple[int, ...]] = {}
 
     @classmethod
@@ -78,241 +77,35 @@ class TransformersLM(LM):
         ).to(device)
         return cls(model, tokenizer)
 
-    # --- text <-> tokens ------------------------------------------------------
-    def render(self, context: Context) -> str:
-        """The text the model sees for ``context`` (chat template applied for ``Chat``)."""
-        if isinstance(context, str):
-            return context
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise InvalidArgumentError(
-                "this tokenizer has no chat template; use a str context instead of ppl.Chat"
-            )
-        # Render the prompt with an open assistant turn and append the assistant
-        # text verbatim: unlike continue_final_message this never depends on
-        # whether the template strips or rewrites message content.
-        header = self.tokenizer.apply_chat_template(
-            context.messages(), tokenize=False, add_generation_prompt=True
-        )
-        return header + context.assistant
-
-    def encode(self, context: Context) -> tuple[int, ...]:
-        """Token ids of ``context``; a ``str`` gets the tokenizer's default special tokens."""
-        ids = self._encoded.get(context)
-        if ids is None:
-            text = self.render(context)
-            add_special = isinstance(context, str)
-            ids = tuple(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
-            if not ids:
-                raise InvalidArgumentError(
-                    f"context {text[:40]!r} encodes to no tokens; the model needs at least one"
-                )
-            if len(self._encoded) > 4096:
-                self._encoded.clear()
-            self._encoded[context] = ids
-        return ids
-
-    def decode(self, token_ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(
-            list(token_ids), skip_special_tokens=False, clean_up_tokenization_spaces=False
-        )
-
-    # --- the backend contract -------------------------------------------------
-    @torch.inference_mode()
-    def sample_steps(
-        self, requests: Sequence[StepRequest], *, seed: int | None = None
-    ) -> list[StepResult]:
-        """Generate one step per request in lock-step batched decoding.
-
-        Each step ends after the token completing one of its stop strings, at
-        EOS, or at ``max_tokens``. ``logp`` is under the temperature-1 model,
-        ``logq`` under the proposal actually used (temperature and logits
-        processor). Rows whose step has ended leave the decoding batch once
-        they are a quarter of it, so they stop costing compute; their cache
-        rows are kept aside and put back when the call returns.
-        """
-        if not requests:
-            return []
-        self.stats.sample_calls += 1
-        generator = torch.Generator(self.device)
-        generator.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8)) >> 1)
-        try:
-            return self._sample(requests, generator)
-        except Exception:
-            self._batch = None  # a half-updated cache must not serve later calls
-            raise
-
-    def _sample(self, requests: Sequence[StepRequest], generator) -> list[StepResult]:
-        size = len(requests)
-        logits, rows = self._feed([self.encode(r.context) for r in requests], [1] * size)
-        logits = logits[:, -1, :]
-        generated: list[list[int]] = [[] for _ in range(size)]
-        logp = [0.0] * size
-        logq = [0.0] * size
-        finished = [False] * size
-        done = [False] * size
-        # rows[r] is the request batch row r serves.
-        parked: list[tuple[KVBatch, list[int]]] = []
-        while True:
-            live = [row for row, j in enumerate(rows) if not done[j]]
-            if len(live) < len(rows):
-                logits = logits[live]
-            live_requests = [rows[row] for row in live]
-            tokens, picked_p, picked_q = self._draw(
-                logits, [requests[j] for j in live_requests], generated, live_requests, generator
-            )
-            self.stats.tokens_generated += len(live)
-            for j, token, token_p, token_q in zip(
-                live_requests, tokens, picked_p, picked_q, strict=True
-            ):
-                generated[j].append(token)
-                logp[j] += token_p
-                logq[j] += token_q
-                if token in self.eos_token_ids:
-                    done[j] = finished[j] = True
-                elif len(generated[j]) >= requests[j].max_tokens or self._hit_stop(
-                    generated[j], requests[j].stop
-                ):
-                    done[j] = True
-            if all(done):
-                break
-            idle = [row for row, j in enumerate(rows) if done[j]]
-            if 4 * len(idle) >= len(rows):
-                keep = [row for row, j in enumerate(rows) if not done[j]]
-                parked.append((self._batch.select(idle), [rows[row] for row in idle]))
-                self._batch = self._batch.reindex(keep)
-                rows = [rows[row] for row in keep]
-            logits = self._decode_one([None if done[j] else generated[j][-1] for j in rows])
-        if parked:
-            self._batch = KVBatch.merge([(self._batch, rows), *parked], size)
-        results = []
-        for j in range(size):
-            text_ids = generated[j][:-1] if finished[j] else generated[j]
-            results.append(
-                StepResult(
-                    self.decode(text_ids), tuple(generated[j]), logp[j], logq[j], finished[j]
-                )
-            )
-        self._maybe_compact()
-        return results
-
-    def _draw(
-        self,
-        logits: torch.Tensor,
-        requests: Sequence[StepRequest],
-        generated: list[list[int]],
-        indices: list[int],
-        generator: torch.Generator,
-    ) -> tuple[list[int], list[float], list[float]]:
-        """Sample one token per row from its proposal; return tokens, log p and log q."""
-        logits = logits.float()
-        log_p = torch.log_softmax(logits, dim=-1)
-        shaped = any(r.temperature != 1.0 or r.logits_processor for r in requests)
-        if shaped:
-            proposal = logits.clone()
-            groups: dict[object, list[int]] = {}
-            for row, request in enumerate(requests):
-                if request.logits_processor is not None:
-                    groups.setdefault(request.logits_processor, []).append(row)
-            for processor, group in groups.items():
-                index = torch.tensor(group, device=self.device)
-                processed = processor(
-                    proposal.index_select(0, index), [generated[indices[r]] for r in group]
-                )
-                proposal.index_copy_(0, index, processed.to(proposal.dtype))
-            temperatures = torch.tensor(
-                [[r.temperature] for r in requests], dtype=torch.float32, device=self.device
-            )
-            log_q = torch.log_softmax(proposal / temperatures, dim=-1)
-            if torch.isnan(log_q).any():
-                raise BackendError(
-                    "a logits processor left no token with positive probability (or produced "
-                    "NaN); it must keep at least one token allowed"
-                )
-        else:
-            log_q = log_p
-        tokens = sample_categorical(log_q, generator)
-        picked_p = log_p.gather(1, tokens[:, None]).squeeze(1).tolist()
-        picked_q = (
-            log_q.gather(1, tokens[:, None]).squeeze(1).tolist() if shaped else list(picked_p)
-        )
-        return tokens.tolist(), picked_p, picked_q
-
-    @torch.inference_mode()
-    def score_steps(self, requests: Sequence[ScoreRequest]) -> list[float]:
-        """Log-probability of each continuation under the temperature-1 model."""
-        self.stats.score_calls += 1
-        scores = [0.0] * len(requests)
-        todo = [j for j, r in enumerate(requests) if r.token_ids]
-        vocab = self.model.config.vocab_size
-        longest = max((len(requests[j].token_ids) for j in todo), default=1)
-        per_call = max(1, _SCORE_LOGITS_BUDGET // (4 * vocab * longest))
-        for start in range(0, len(todo), per_call):
-            chunk = todo[start : start + per_call]
-            sequences, continuations = [], []
-            for j in chunk:
-                continuation = tuple(requests[j].token_ids)
-                sequences.append(self.encode(requests[j].context) + continuation[:-1])
-                continuations.append(continuation)
-            counts = [len(c) for c in continuations]
-            logits, rows = self._feed(sequences, counts)
-            log_p = torch.log_softmax(logits.float(), dim=-1)
-            width = log_p.shape[1]
-            for row, request in enumerate(rows):
-                j, continuation = chunk[request], continuations[request]
-                targets = torch.tensor(continuation, device=self.device)
-                positions = torch.arange(width - len(continuation), width, device=self.device)
-                scores[j] = float(log_p[row, positions, targets].sum())
-            self.stats.tokens_scored += sum(counts)
-        self._maybe_compact()
-        return scores
-
-    @torch.inference_mode()
-    def next_token_logprobs(self, contexts: Sequence[Context]) -> torch.Tensor:
-        """Log-probabilities of the next token after each context, ``[len(contexts), vocab]``.
-
-        One batched pass that reuses cached prefixes, like the steps do: the
-        building block of judges that read a yes/no answer off the model.
-
-        Example:
-            >>> lm.next_token_logprobs(["The sky is"]).shape  # doctest: +SKIP
-            torch.Size([1, 49152])
-        """
-        if not contexts:
-            return torch.empty((0, self.model.config.vocab_size))
-        self.stats.score_calls += 1
-        logits, rows = self._feed([self.encode(c) for c in contexts], [1] * len(contexts))
-        log_p = torch.empty(
-            (len(contexts), logits.shape[-1]), dtype=torch.float32, device=self.device
-        )
-        log_p[torch.tensor(rows, device=self.device)] = torch.log_softmax(
-            logits[:, -1, :].float(), dim=-1
-        )
-        self._maybe_compact()
-        return log_p
-
     # --- cache management -----------------------------------------------------
-    def _hit_stop(self, generated: list[int], stop: tuple[str, ...]) -> bool:
-        if not stop:
-            return False
-        text = self.decode(generated)
-        tail = max(len(s) for s in stop) + 16  # a token decodes to a handful of characters
-        return any(s in text[-tail:] for s in stop)
+    def _forget(self) -> None:
+        self._batch = None
+        self._parked = []
+
+    def _shed(self, rows: list[int], done: list[bool]) -> list[int]:
+        """Park the rows of ended steps once they are a quarter of the batch."""
+        idle = [row for row, j in enumerate(rows) if done[j]]
+        if 4 * len(idle) < len(rows):
+            return rows
+        keep = [row for row, j in enumerate(rows) if not done[j]]
+        self._parked.append((self._batch.select(idle), [rows[row] for row in idle]))
+        self._batch = self._batch.reindex(keep)
+        return [rows[row] for row in keep]
+
+    def _end_sampling(self, rows: list[int], size: int) -> None:
+        if self._parked:
+            self._batch = KVBatch.merge([(self._batch, rows), *self._parked], size)
+            self._parked = []
 
     def _feed(
         self, sequences: list[tuple[int, ...]], num_logits: list[int]
     ) -> tuple[torch.Tensor, list[int]]:
-        """Make the batch cache hold every sequence; return logits and the row order.
-
-        Returns ``(logits, rows)``: batch row ``r`` now holds ``sequences[rows[r]]``
-        and ``logits[r]`` (``[max(num_logits), vocab]``) has, in its last
-        ``num_logits[rows[r]]`` positions, the predictions after that many
-        last tokens of the sequence. Rows stay where their cached prefix is
-        wherever possible, so continuing particles are not copied.
-        """
+        """See ``TokenLM._feed``; rows stay where their cached prefix is wherever possible."""
+        self._maybe_compact()
         try:
             return self._feed_batch(sequences, num_logits)
         except Exception:
-            self._batch = None  # a half-updated cache must not serve later calls
+            self._forget()
             raise
 
     def _feed_batch(self, sequences, num_logits) -> tuple[torch.Tensor, list[int]]:
@@ -367,7 +160,7 @@ class TransformersLM(LM):
         index = torch.tensor(rows_of_requests, device=self.device)
         return logits.index_select(0, index), list(range(len(sequences)))
 
-    def _decode_one(self, tokens: list[int | None]) -> torch.Tensor:
+    def _decode(self, tokens: list[int | None]) -> torch.Tensor:
         """Feed one token per row (None: the row idles); return next-token logits."""
         batch = self._batch
         column = batch.num_columns
@@ -458,26 +251,6 @@ class TransformersLM(LM):
         batch = self._batch
         if batch is not None and batch.num_columns > 32 and batch.waste > self.compact_threshold:
             batch.compact()
-
-
-def sample_categorical(log_probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One draw per row from normalized log-probabilities ``[rows, vocab]``.
-
-    Inverse-CDF sampling: several times faster than ``torch.multinomial`` over
-    a large vocabulary on CPU, and like it never returns a token of zero
-    probability.
-
-    Example:
-        >>> g = torch.Generator().manual_seed(0)
-        >>> sample_categorical(torch.tensor([[0.0, float("-inf")]]), g).tolist()
-        [0]
-    """
-    cumulative = log_probs.exp().cumsum(dim=-1)
-    total = cumulative[:, -1:]
-    uniform = torch.rand(total.shape, generator=generator, device=total.device) * total
-    # Keep u strictly below the total so rounding can never step past the last allowed token.
-    uniform = torch.minimum(uniform, torch.nextafter(total, torch.zeros_like(total)))
-    return torch.searchsorted(cumulative, uniform, right=True).squeeze(1)
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

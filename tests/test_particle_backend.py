@@ -10,7 +10,7 @@ from exactness import assert_matches_exact, assert_unbiased_evidence
 
 import ppl
 from models import BannedTokens
-from models.transformers_lm import sample_categorical
+from models.token_lm import sample_categorical
 
 
 def full_forward_logits(lm, text: str) -> torch.Tensor:

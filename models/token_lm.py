@@ -1,0 +1,297 @@
+"""``TokenLM``: what every local, token-level backend shares.
+
+Tokenization (canonical, so a step's probability depends only on the text of
+its context), chat rendering, the lock-step sampling loop with stop strings,
+temperatures and logits processors, scoring and next-token log-probabilities.
+A backend supplies only its cache: feeding sequences (reusing cached
+prefixes) and decoding one token per row.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Sequence
+
+import torch
+
+from ppl.errors import BackendError, InvalidArgumentError
+from ppl.lm import LM, Context, LMStats, ScoreRequest, StepRequest, StepResult
+
+# Scoring materialises logits for every scored position; cap that memory.
+_SCORE_LOGITS_BUDGET = 256 * 2**20
+
+
+class TokenLM(LM):
+    """A backend that runs a tokenizer and a causal model locally, all particles in one batch.
+
+    Subclasses set ``tokenizer``, ``eos_token_ids``, ``vocab_size``, ``device``
+    and ``stats`` and implement ``_feed``, ``_decode`` and ``_forget``; they
+    may override ``_shed`` and ``_end_sampling``.
+
+    Example:
+        >>> lm = models.TransformersLM.from_pretrained("/models/smollm2")  # doctest: +SKIP
+        >>> lm.sample_steps([ppl.StepRequest("Once upon", max_tokens=8)], seed=0)  # doctest: +SKIP
+    """
+
+    tokenizer: object
+    eos_token_ids: frozenset[int]
+    vocab_size: int
+    device: torch.device
+    stats: LMStats
+    _encoded: dict[Context, tuple[int, ...]]
+
+    # --- what a backend implements --------------------------------------------
+    @abc.abstractmethod
+    def _feed(
+        self, sequences: list[tuple[int, ...]], num_logits: list[int]
+    ) -> tuple[torch.Tensor, list[int]]:
+        """Make the cache hold every sequence; return logits and the row order.
+
+        Returns ``(logits, rows)``: row ``r`` holds ``sequences[rows[r]]`` and
+        ``logits[r]`` (``[max(num_logits), vocab]``) has, in its last
+        ``num_logits[rows[r]]`` positions, the predictions after that many
+        last tokens of the sequence.
+        """
+
+    @abc.abstractmethod
+    def _decode(self, tokens: list[int | None]) -> torch.Tensor:
+        """Append one token per row (None: the row idles); return next-token logits."""
+
+    @abc.abstractmethod
+    def _forget(self) -> None:
+        """Drop the cache after a failed call: a half-updated cache must not serve later ones."""
+
+    def _shed(self, rows: list[int], done: list[bool]) -> list[int]:
+        """Rows to keep decoding; rows whose request is done may stay and idle."""
+        return rows
+
+    def _end_sampling(self, rows: list[int], size: int) -> None:
+        """Called when a sampling call's loop ends, with the rows still decoding."""
+
+    # --- text <-> tokens ------------------------------------------------------
+    def render(self, context: Context) -> str:
+        """The text the model sees for ``context`` (chat template applied for ``Chat``)."""
+        if isinstance(context, str):
+            return context
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise InvalidArgumentError(
+                "this tokenizer has no chat template; use a str context instead of ppl.Chat"
+            )
+        # Render the prompt with an open assistant turn and append the assistant
+        # text verbatim: unlike continue_final_message this never depends on
+        # whether the template strips or rewrites message content.
+        header = self.tokenizer.apply_chat_template(
+            context.messages(), tokenize=False, add_generation_prompt=True
+        )
+        return header + context.assistant
+
+    def encode(self, context: Context) -> tuple[int, ...]:
+        """Token ids of ``context``; a ``str`` gets the tokenizer's default special tokens."""
+        ids = self._encoded.get(context)
+        if ids is None:
+            text = self.render(context)
+            add_special = isinstance(context, str)
+            ids = tuple(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
+            if not ids:
+                raise InvalidArgumentError(
+                    f"context {text[:40]!r} encodes to no tokens; the model needs at least one"
+                )
+            if len(self._encoded) > 4096:
+                self._encoded.clear()
+            self._encoded[context] = ids
+        return ids
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(
+            list(token_ids), skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
+
+    # --- the backend contract -------------------------------------------------
+    @torch.inference_mode()
+    def sample_steps(
+        self, requests: Sequence[StepRequest], *, seed: int | None = None
+    ) -> list[StepResult]:
+        """Generate one step per request in lock-step batched decoding.
+
+        Each step ends after the token completing one of its stop strings, at
+        EOS, or at ``max_tokens``. ``logp`` is under the temperature-1 model,
+        ``logq`` under the proposal actually used (temperature and logits
+        processor).
+        """
+        if not requests:
+            return []
+        self.stats.sample_calls += 1
+        generator = torch.Generator(self.device)
+        generator.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8)) >> 1)
+        try:
+            return self._sample(requests, generator)
+        except Exception:
+            self._forget()
+            raise
+
+    def _sample(self, requests: Sequence[StepRequest], generator) -> list[StepResult]:
+        size = len(requests)
+        logits, rows = self._feed([self.encode(r.context) for r in requests], [1] * size)
+        logits = logits[:, -1, :]
+        generated: list[list[int]] = [[] for _ in range(size)]
+        logp = [0.0] * size
+        logq = [0.0] * size
+        finished = [False] * size
+        done = [False] * size
+        # rows[r] is the request batch row r serves.
+        while True:
+            live = [row for row, j in enumerate(rows) if not done[j]]
+            if len(live) < len(rows):
+                logits = logits[live]
+            live_requests = [rows[row] for row in live]
+            tokens, picked_p, picked_q = self._draw(
+                logits, [requests[j] for j in live_requests], generated, live_requests, generator
+            )
+            self.stats.tokens_generated += len(live)
+            for j, token, token_p, token_q in zip(
+                live_requests, tokens, picked_p, picked_q, strict=True
+            ):
+                generated[j].append(token)
+                logp[j] += token_p
+                logq[j] += token_q
+                if token in self.eos_token_ids:
+                    done[j] = finished[j] = True
+                elif len(generated[j]) >= requests[j].max_tokens or self._hit_stop(
+                    generated[j], requests[j].stop
+                ):
+                    done[j] = True
+            if all(done):
+                break
+            rows = self._shed(rows, done)
+            logits = self._decode([None if done[j] else generated[j][-1] for j in rows])
+        self._end_sampling(rows, size)
+        results = []
+        for j in range(size):
+            text_ids = generated[j][:-1] if finished[j] else generated[j]
+            results.append(
+                StepResult(
+                    self.decode(text_ids), tuple(generated[j]), logp[j], logq[j], finished[j]
+                )
+            )
+        return results
+
+    def _draw(
+        self,
+        logits: torch.Tensor,
+        requests: Sequence[StepRequest],
+        generated: list[list[int]],
+        indices: list[int],
+        generator: torch.Generator,
+    ) -> tuple[list[int], list[float], list[float]]:
+        """Sample one token per row from its proposal; return tokens, log p and log q."""
+        logits = logits.float()
+        log_p = torch.log_softmax(logits, dim=-1)
+        shaped = any(r.temperature != 1.0 or r.logits_processor for r in requests)
+        if shaped:
+            proposal = logits.clone()
+            groups: dict[object, list[int]] = {}
+            for row, request in enumerate(requests):
+                if request.logits_processor is not None:
+                    groups.setdefault(request.logits_processor, []).append(row)
+            for processor, group in groups.items():
+                index = torch.tensor(group, device=self.device)
+                processed = processor(
+                    proposal.index_select(0, index), [generated[indices[r]] for r in group]
+                )
+                proposal.index_copy_(0, index, processed.to(proposal.dtype))
+            temperatures = torch.tensor(
+                [[r.temperature] for r in requests], dtype=torch.float32, device=self.device
+            )
+            log_q = torch.log_softmax(proposal / temperatures, dim=-1)
+            if torch.isnan(log_q).any():
+                raise BackendError(
+                    "a logits processor left no token with positive probability (or produced "
+                    "NaN); it must keep at least one token allowed"
+                )
+        else:
+            log_q = log_p
+        tokens = sample_categorical(log_q, generator)
+        picked_p = log_p.gather(1, tokens[:, None]).squeeze(1).tolist()
+        picked_q = (
+            log_q.gather(1, tokens[:, None]).squeeze(1).tolist() if shaped else list(picked_p)
+        )
+        return tokens.tolist(), picked_p, picked_q
+
+    @torch.inference_mode()
+    def score_steps(self, requests: Sequence[ScoreRequest]) -> list[float]:
+        """Log-probability of each continuation under the temperature-1 model."""
+        self.stats.score_calls += 1
+        scores = [0.0] * len(requests)
+        todo = [j for j, r in enumerate(requests) if r.token_ids]
+        vocab = self.vocab_size
+        longest = max((len(requests[j].token_ids) for j in todo), default=1)
+        per_call = max(1, _SCORE_LOGITS_BUDGET // (4 * vocab * longest))
+        for start in range(0, len(todo), per_call):
+            chunk = todo[start : start + per_call]
+            sequences, continuations = [], []
+            for j in chunk:
+                continuation = tuple(requests[j].token_ids)
+                sequences.append(self.encode(requests[j].context) + continuation[:-1])
+                continuations.append(continuation)
+            counts = [len(c) for c in continuations]
+            logits, rows = self._feed(sequences, counts)
+            log_p = torch.log_softmax(logits.float(), dim=-1)
+            width = log_p.shape[1]
+            for row, request in enumerate(rows):
+                j, continuation = chunk[request], continuations[request]
+                targets = torch.tensor(continuation, device=self.device)
+                positions = torch.arange(width - len(continuation), width, device=self.device)
+                scores[j] = float(log_p[row, positions, targets].sum())
+            self.stats.tokens_scored += sum(counts)
+        return scores
+
+    @torch.inference_mode()
+    def next_token_logprobs(self, contexts: Sequence[Context]) -> torch.Tensor:
+        """Log-probabilities of the next token after each context, ``[len(contexts), vocab]``.
+
+        One batched pass that reuses cached prefixes, like the steps do: the
+        building block of judges that read a yes/no answer off the model.
+
+        Example:
+            >>> lm.next_token_logprobs(["The sky is"]).shape  # doctest: +SKIP
+            torch.Size([1, 49152])
+        """
+        if not contexts:
+            return torch.empty((0, self.vocab_size))
+        self.stats.score_calls += 1
+        logits, rows = self._feed([self.encode(c) for c in contexts], [1] * len(contexts))
+        log_p = torch.empty(
+            (len(contexts), logits.shape[-1]), dtype=torch.float32, device=self.device
+        )
+        log_p[torch.tensor(rows, device=self.device)] = torch.log_softmax(
+            logits[:, -1, :].float(), dim=-1
+        )
+        return log_p
+
+    def _hit_stop(self, generated: list[int], stop: tuple[str, ...]) -> bool:
+        if not stop:
+            return False
+        text = self.decode(generated)
+        tail = max(len(s) for s in stop) + 16  # a token decodes to a handful of characters
+        return any(s in text[-tail:] for s in stop)
+
+
+def sample_categorical(log_probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One draw per row from normalized log-probabilities ``[rows, vocab]``.
+
+    Inverse-CDF sampling: several times faster than ``torch.multinomial`` over
+    a large vocabulary on CPU, and like it never returns a token of zero
+    probability.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> sample_categorical(torch.tensor([[0.0, float("-inf")]]), g).tolist()
+        [0]
+    """
+    cumulative = log_probs.exp().cumsum(dim=-1)
+    total = cumulative[:, -1:]
+    uniform = torch.rand(total.shape, generator=generator, device=total.device) * total
+    # Keep u strictly below the total so rounding can never step past the last allowed token.
+    uniform = torch.minimum(uniform, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cumulative, uniform, right=True).squeeze(1)
