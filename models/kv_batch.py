@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
@@ -119,14 +118,6 @@ class KVBatch:
     def waste(self) -> float:
         """Fraction of cache columns that hold no token (holes and padding)."""
         return 1.0 - float(self.mask.float().mean()) if self.mask.numel() else 0.0
-
-    def token_matrix(self) -> np.ndarray:
-        """Rows' tokens padded with -1, for vectorized prefix matching."""
-        width = max((len(t) for t in self.tokens), default=0)
-        matrix = np.full((len(self.tokens), width), -1, dtype=np.int64)
-        for row, tokens in enumerate(self.tokens):
-            matrix[row, : len(tokens)] = tokens
-        return matrix
 
     def select(self, rows: Sequence[int]) -> KVBatch:
         """A new batch whose row ``i`` is a copy of row ``rows[i]`` of this one."""

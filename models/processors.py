@@ -36,7 +36,7 @@ class BannedTokens:
         """
         tokenizer = lm.tokenizer
         special = set(tokenizer.all_special_ids)
-        vocab_size = lm.model.config.vocab_size
+        vocab_size = lm.vocab_size
         texts = tokenizer.batch_decode(
             [[token] for token in range(vocab_size)],
             skip_special_tokens=False,

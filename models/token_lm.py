@@ -13,6 +13,7 @@ import abc
 import os
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from ppl.errors import BackendError, InvalidArgumentError
@@ -295,3 +296,43 @@ def sample_categorical(log_probs: torch.Tensor, generator: torch.Generator) -> t
     # Keep u strictly below the total so rounding can never step past the last allowed token.
     uniform = torch.minimum(uniform, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cumulative, uniform, right=True).squeeze(1)
+
+
+def match_prefixes(
+    cached: Sequence[tuple[int, ...]],
+    sequences: Sequence[tuple[int, ...]],
+    num_logits: Sequence[int],
+) -> tuple[list[int], list[int]]:
+    """For each sequence, the cached row sharing its longest prefix, and that length.
+
+    ``cached`` holds the tokens of each cache row. The prefix is capped so the
+    positions whose logits are needed are fed; a sequence with no common
+    prefix gets row -1. Vectorized over rows: one comparison per distinct sequence.
+
+    Example:
+        >>> match_prefixes([(1, 2, 3), (1, 4)], [(1, 4, 5), (7, 8)], [1, 1])
+        ([1, -1], [2, 0])
+    """
+    sources = [-1] * len(sequences)
+    lengths = [0] * len(sequences)
+    width = max((len(tokens) for tokens in cached), default=0)
+    if width == 0:
+        return sources, lengths
+    matrix = np.full((len(cached), width), -1, dtype=np.int64)
+    for row, tokens in enumerate(cached):
+        matrix[row, : len(tokens)] = tokens
+    found: dict[tuple, tuple[int, int]] = {}
+    for j, sequence in enumerate(sequences):
+        cap = len(sequence) - num_logits[j]
+        key = (sequence, cap)
+        if key not in found:
+            n = min(cap, width)
+            if n <= 0:
+                found[key] = (-1, 0)
+            else:
+                equal = matrix[:, :n] == np.asarray(sequence[:n])
+                common = np.where(equal.all(axis=1), n, equal.argmin(axis=1))
+                row = int(common.argmax())
+                found[key] = (row, int(common[row])) if common[row] > 0 else (-1, 0)
+        sources[j], lengths[j] = found[key]
+    return sources, lengths

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from models.kv_batch import KVBatch
-from models.token_lm import TokenLM
+from models.token_lm import TokenLM, match_prefixes
 from ppl.errors import BackendError, InvalidArgumentError
 from ppl.lm import Context, LMStats
 
@@ -194,30 +193,8 @@ class TransformersLM(TokenLM):
         return logits
 
     def _match(self, sequences, num_logits) -> tuple[list[int], list[int]]:
-        """For each sequence, the cached row sharing its longest prefix, and that length.
-
-        The prefix is capped so the positions whose logits are needed are fed.
-        """
-        sources = [-1] * len(sequences)
-        lengths = [0] * len(sequences)
-        if self._batch is None or not self._batch.tokens:
-            return sources, lengths
-        matrix = self._batch.token_matrix()
-        found: dict[tuple, tuple[int, int]] = {}
-        for j, sequence in enumerate(sequences):
-            cap = len(sequence) - num_logits[j]
-            key = (sequence, cap)
-            if key not in found:
-                n = min(cap, matrix.shape[1])
-                if n <= 0:
-                    found[key] = (-1, 0)
-                else:
-                    equal = matrix[:, :n] == np.asarray(sequence[:n])
-                    common = np.where(equal.all(axis=1), n, equal.argmin(axis=1))
-                    row = int(common.argmax())
-                    found[key] = (row, int(common[row])) if common[row] > 0 else (-1, 0)
-            sources[j], lengths[j] = found[key]
-        return sources, lengths
+        cached = self._batch.tokens if self._batch is not None else []
+        return match_prefixes(cached, sequences, num_logits)
 
     def _rows_for(self, sources: list[tuple[int, int]]) -> tuple[KVBatch, list[int]]:
         """A batch holding, for each ``(source, length)``, that prefix of an old row.
