@@ -76,14 +76,19 @@ def smc_run(lm, num_particles: int, num_steps: int, step_tokens: int, seed: int)
 @click.option("--step-tokens", default=32, show_default=True, help="Token limit per step.")
 @click.option("--repeats", default=3, show_default=True, help="Runs per N; medians shown.")
 @click.option("--threads", default=0, help="torch threads (0: torch's default).")
-def main(particle_counts: str, steps: int, step_tokens: int, repeats: int, threads: int):
+@click.option(
+    "--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True
+)
+def main(
+    particle_counts: str, steps: int, step_tokens: int, repeats: int, threads: int, dtype: str
+):
     if threads:
         torch.set_num_threads(threads)
-    lm = models.default_lm()
+    lm = models.default_lm(dtype=getattr(torch, dtype))
     prompt_ids = list(lm.encode(PROMPT))
     click.echo(
-        f"SMC vs raw batched decoding, embedded model, {steps} steps of <= {step_tokens} tokens, "
-        f"{torch.get_num_threads()} threads, median of {repeats}"
+        f"SMC vs raw batched decoding, embedded model ({dtype}), {steps} steps of "
+        f"<= {step_tokens} tokens, {torch.get_num_threads()} threads, median of {repeats}"
     )
     header = (
         f"{'N':>4} {'tokens/particle':>15} {'SMC tok/s':>10} {'raw tok/s':>10} "
