@@ -327,7 +327,7 @@ def load_program(target: str) -> Program:
             f"{file} has no function {function!r}; it defines: {', '.join(defined) or 'none'}"
         )
     if not callable(found):
-        raise RecipeError(f"{file}:{function} is a {type(found).__name__}, not a function")
+        raise RecipeError(f"{file}:{function} is not callable (it is a {type(found).__name__})")
     return _reporting_particle_errors(found)
 
 

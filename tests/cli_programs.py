@@ -1,6 +1,7 @@
 """Programs for the ``ppl`` command-line tests (loaded by path, as users' files are)."""
 
 import math
+from pathlib import Path
 
 import pyro.distributions as dist
 import torch
@@ -18,6 +19,15 @@ def toy(lm, label: str = "x", bias: float = 0.0):
     ppl.factor("f", LOG_FACTOR[x] + bias * int(x))
     ppl.memo("score", lambda v: v / 2, int(x))
     ppl.answer(f"{label}{int(x)}")
+
+
+@ppl.program
+def two_choices(lm, label: str = "x"):
+    """Two random choices with a factor between them, so SMC can resample once."""
+    x = ppl.sample("x", dist.Categorical(PRIOR))
+    ppl.factor("f", LOG_FACTOR[x])
+    y = ppl.sample("y", dist.Bernoulli(0.5))
+    ppl.answer(f"{label}{int(x)}{int(y)}")
 
 
 @ppl.program
@@ -40,8 +50,19 @@ def broken(lm, text: str):
     ppl.answer(math.log(int(x) - int(x)) + len(text))
 
 
-def not_a_program_constant():
-    return 1
+@ppl.program
+def fragile(lm, label: str, fail_marker: str):
+    """Like ``toy``, but fails while the file ``fail_marker`` exists (an interrupted run)."""
+    if Path(fail_marker).exists() and label != "a":
+        raise RuntimeError("failing on purpose")
+    x = ppl.sample("x", dist.Categorical(PRIOR))
+    ppl.factor("f", LOG_FACTOR[x])
+    ppl.answer(f"{label}{int(x)}")
+
+
+@ppl.program
+def no_answer(lm):
+    ppl.sample("x", dist.Categorical(PRIOR))
 
 
 NOT_CALLABLE = 42
