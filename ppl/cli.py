@@ -50,11 +50,11 @@ TRACE_LINES = 20
 def main() -> None:
     """pplscale: run reasoning programs over language models and report how sure they are.
 
-    A program is a Python function whose first argument is the LM
-    (``def solve(lm, question): ...``). ``ppl run`` runs an inference method
-    on it and writes result.json, posterior.nc (ArviZ), genealogy.graphml and
-    a self-contained report.html; ``ppl report`` re-renders the report of a
-    saved run.
+    A program is a Python function whose first argument is the LM, as in
+    def solve(lm, question). "ppl run" runs an inference method on it and
+    writes result.json, posterior.nc (ArviZ), genealogy.graphml and a
+    self-contained report.html; "ppl report" re-renders the report of a saved
+    run. See "ppl COMMAND --help".
     """
 
 
@@ -80,6 +80,9 @@ def output_options(command: Callable) -> Callable:
             return command(*args, output=output, **kwargs)
         except click.ClickException:
             raise
+        except KeyboardInterrupt:
+            click.echo("Error: interrupted (a dataset run resumes where it stopped)", err=True)
+            sys.exit(130)
         except Exception as error:
             if debug:
                 raise
@@ -103,11 +106,12 @@ class Output:
         if self.as_json:
             click.echo(json.dumps(data))
 
-    def progress(self, **kwargs):
+    def progress(self, *, enabled: bool = True, **kwargs):
         """A tqdm bar on stderr; off with --quiet or when stderr is not a terminal."""
         from tqdm.auto import tqdm
 
-        return tqdm(file=sys.stderr, disable=True if self.quiet else None, **kwargs)
+        off = self.quiet or not enabled
+        return tqdm(file=sys.stderr, disable=True if off else None, **kwargs)
 
     def fail(self, error: Exception) -> None:
         message = _reason(error)
@@ -125,7 +129,8 @@ class Output:
         else:
             click.echo(f"Error: {message}", err=True)
             if sites:
-                click.echo(f"Trace of the particle so far ({len(sites)} sites):", err=True)
+                shown = f", the last {TRACE_LINES}" if len(sites) > TRACE_LINES else ""
+                click.echo(f"Trace of the particle so far ({len(sites)} sites{shown}):", err=True)
                 for site in sites[-TRACE_LINES:]:
                     click.echo(f"  {_site_text(site)}", err=True)
         sys.exit(1)
@@ -250,7 +255,9 @@ def run(
         )
 
     if problems is None:
-        with output.progress(desc=f"{spec.method} rounds", unit="round") as bar:
+        # Population engines make one batched LM call per round: count those.
+        rounds = output.progress(desc=f"{spec.method} rounds", unit="round", enabled=lm is not None)
+        with rounds as bar:
             posterior = infer(spec.args, spec.kwargs, spec.seed, bar)
         diagnostics = rundir.save_run(
             posterior,
