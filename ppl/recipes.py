@@ -173,7 +173,12 @@ def load_recipe(path: str | Path) -> RunSpec:
 
 
 def parse_input(value, where: str) -> tuple[list[Any], dict[str, Any]]:
-    """A program input as ``(args, kwargs)``: a string is one argument; a table has both."""
+    """A program input as ``(args, kwargs)``: a string is one argument; a table has both.
+
+    Example:
+        >>> parse_input({"args": ["The cat"], "kwargs": {"max_tokens": 8}}, "recipe")
+        (['The cat'], {'max_tokens': 8})
+    """
     if value is None:
         return [], {}
     if isinstance(value, str):
@@ -224,14 +229,25 @@ def parse_parameter(text: str) -> tuple[str, Any]:
 
 
 def available_methods() -> list[str]:
-    """The methods this installation provides."""
+    """The methods this installation provides, in table order.
+
+    Example:
+        >>> available_methods()[:2]
+        ['importance', 'smc']
+    """
     import inference
 
     return [name for name in METHODS if callable(getattr(inference, name, None))]
 
 
 def resolve_method(name: str, parameters: dict[str, Any]) -> tuple[Callable, str]:
-    """The engine called ``name`` and the parameter ``--particles`` sets; checks ``parameters``."""
+    """The engine called ``name`` and the parameter ``--particles`` sets; checks ``parameters``.
+
+    Example:
+        >>> engine, size = resolve_method("smc", {"ess_threshold": 0.3})
+        >>> engine.__name__, size
+        ('smc', 'num_particles')
+    """
     import inference
 
     if name not in METHODS:
@@ -260,7 +276,11 @@ def resolve_method(name: str, parameters: dict[str, Any]) -> tuple[Callable, str
 
 
 def check_model(spec: str) -> None:
-    """Validate a model spec without loading anything."""
+    """Validate a model spec without loading anything.
+
+    Example:
+        >>> check_model("hf:/models/smollm2")  # no error: the directory is checked on loading
+    """
     kind, colon, rest = spec.partition(":")
     if spec in ("default", "none"):
         return

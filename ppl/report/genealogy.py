@@ -49,7 +49,11 @@ def exportable(graph: nx.DiGraph) -> nx.DiGraph:
 
 
 def write_graphml(graph: nx.DiGraph, path: str | Path) -> None:
-    """Write a genealogy as GraphML (readable by ``networkx.read_graphml``, Gephi, yEd)."""
+    """Write a genealogy as GraphML (readable by ``networkx.read_graphml``, Gephi, yEd).
+
+    Example:
+        >>> write_graphml(post.genealogy, "genealogy.graphml")  # doctest: +SKIP
+    """
     nx.write_graphml(exportable(graph), str(path))
 
 
@@ -63,5 +67,9 @@ def to_json(graph: nx.DiGraph) -> dict[str, Any]:
 
 
 def write_json(graph: nx.DiGraph, path: str | Path) -> None:
-    """Write ``to_json(graph)`` to ``path`` (``-inf`` weights as ``-Infinity``)."""
+    """Write ``to_json(graph)`` to ``path`` (``-inf`` weights as ``-Infinity``).
+
+    Example:
+        >>> write_json(post.genealogy, "genealogy.json")  # doctest: +SKIP
+    """
     Path(path).write_text(json.dumps(to_json(graph)))

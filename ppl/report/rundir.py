@@ -61,7 +61,13 @@ def ensure_writable(directory: str | Path) -> Path:
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(temporary_path)`` and rename the result to ``path``."""
+    """Call ``write(temporary_path)`` and rename the result to ``path``.
+
+    Readers never see a half-written file.
+
+    Example:
+        >>> atomic_write(Path("report.html"), lambda p: p.write_text(page))  # doctest: +SKIP
+    """
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(descriptor)
     try:
@@ -81,7 +87,11 @@ def _umask() -> int:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (``-inf`` as ``-Infinity``, as ``Posterior.save`` does)."""
+    """Write JSON atomically (``-inf`` as ``-Infinity``, as ``Posterior.save`` does).
+
+    Example:
+        >>> write_json(Path("result.json"), {"format": 1})  # doctest: +SKIP
+    """
     atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=1)))
 
 
@@ -163,7 +173,11 @@ def save_run(
 
 
 def read_result(directory: str | Path) -> dict[str, Any]:
-    """The ``result.json`` of a saved run or dataset run."""
+    """The ``result.json`` of a saved run or dataset run; ``ReportError`` if there is none.
+
+    Example:
+        >>> read_result("runs/demo")["diagnostics"]["warnings"]  # doctest: +SKIP
+    """
     path = Path(directory) / RESULT_FILE
     if not Path(directory).is_dir():
         raise ReportError(f"{str(directory)!r} is not a directory")
@@ -201,7 +215,12 @@ def load_run(directory: str | Path) -> SavedRun:
 
 
 def write_run_report(directory: str | Path, output: str | Path | None = None) -> Path:
-    """Render ``report.html`` of a saved run (or ``output``) from its ``result.json``."""
+    """Render ``report.html`` of a saved run (or ``output``) from its ``result.json``.
+
+    Example:
+        >>> write_run_report("runs/demo")  # doctest: +SKIP
+        PosixPath('runs/demo/report.html')
+    """
     saved = load_run(directory)
     if saved.posterior is None:
         raise ReportError(
@@ -231,12 +250,21 @@ def write_run_report(directory: str | Path, output: str | Path | None = None) ->
 
 
 def problem_dir(directory: str | Path, index: int) -> Path:
-    """The directory of problem ``index`` of a dataset run."""
+    """The directory of problem ``index`` of a dataset run.
+
+    Example:
+        >>> problem_dir("runs/ds", 3).as_posix()
+        'runs/ds/problems/00003'
+    """
     return Path(directory) / PROBLEMS_DIR / f"{index:05d}"
 
 
 def problem_row(index: int, result: Mapping[str, Any]) -> dict[str, Any]:
-    """The summary row of one finished problem (see ``html.dataset_report``)."""
+    """The summary row of one finished problem (see ``html.dataset_report``).
+
+    Example:
+        >>> problem_row(3, read_result(problem_dir("runs/ds", 3)))["answer"]  # doctest: +SKIP
+    """
     diagnostics = result["diagnostics"]
     metadata = result["metadata"]
     best = diagnostics["answers"][0] if diagnostics["answers"] else None
@@ -265,7 +293,11 @@ def problem_row(index: int, result: Mapping[str, Any]) -> dict[str, Any]:
 def save_dataset_summary(
     directory: str | Path, *, metadata: Mapping[str, Any], total: int, report: bool = True
 ) -> dict[str, Any]:
-    """Collect the finished problems' rows into ``result.json`` (and ``report.html``)."""
+    """Collect the finished problems' rows into ``result.json`` (and ``report.html``).
+
+    Example:
+        >>> save_dataset_summary("runs/ds", metadata={}, total=10)["finished"]  # doctest: +SKIP
+    """
     directory = Path(directory)
     rows = []
     for index in range(total):
@@ -289,7 +321,11 @@ def save_dataset_summary(
 def write_dataset_report(
     directory: str | Path, summary: Mapping[str, Any], output: str | Path | None = None
 ) -> Path:
-    """Render the dataset report from a dataset summary."""
+    """Render the dataset report from a dataset summary.
+
+    Example:
+        >>> write_dataset_report("runs/ds", read_result("runs/ds"))  # doctest: +SKIP
+    """
     directory = Path(directory)
     output = Path(output) if output is not None else directory / REPORT_FILE
     rows = []
