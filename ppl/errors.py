@@ -46,3 +46,23 @@ class ModelNotInstalledError(BackendError):
 
 class SerializationError(PPLError):
     """A value in a posterior cannot be written to or read from JSON."""
+
+
+class ParticleError(ProgramError):
+    """A reasoning program raised inside a particle.
+
+    ``sites`` is that particle's trace up to the failure, so the message can
+    show what the program had done.
+    """
+
+    def __init__(self, message: str, sites: tuple = ()):
+        super().__init__(message)
+        self.sites = tuple(sites)
+
+
+class RecipeError(PPLError):
+    """A run target, recipe file or run option is invalid."""
+
+
+class ReportError(PPLError):
+    """A saved run cannot be read, or its files cannot be written."""

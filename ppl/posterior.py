@@ -194,9 +194,19 @@ class Posterior:
     def genealogy(self) -> nx.DiGraph:
         """Particle genealogy: a node ``(run, round, slot)`` per particle-step.
 
-        Edges go parent -> child; nodes carry ``text`` (the choice made that
-        round, None if none), ``log_weight`` and ``resampled_from`` (the parent
-        slot when the edge came from resampling, else None).
+        Round 0 is each particle's first execution, up to its first random
+        choice; round ``t`` holds the ``t``-th choice. Edges go parent ->
+        child: from slot ``ancestors[slot]`` of the previous round, which is a
+        resampling parent when the population was resampled in between (edge
+        attribute ``resampled``). Nodes carry ``run``, ``step`` (the round),
+        ``slot``, ``text`` (the choice made that round, None if none),
+        ``log_weight`` and ``resampled_from`` (the parent slot when the edge
+        came from resampling, else None).
+
+        Example:
+            >>> graph = ppl.smc(prog, num_particles=8, seed=0).genealogy  # doctest: +SKIP
+            >>> graph.number_of_nodes() == 8 * len(post.rounds[0])         # doctest: +SKIP
+            True
         """
         graph = nx.DiGraph()
         for run, rounds in enumerate(self.rounds):
@@ -207,12 +217,17 @@ class Posterior:
                     node = (run, t, slot)
                     graph.add_node(
                         node,
+                        run=run,
+                        step=t,
+                        slot=slot,
                         text=text,
                         log_weight=log_weight,
                         resampled_from=rnd.ancestors[slot] if rnd.resampled else None,
                     )
                     if t > 0:
-                        graph.add_edge((run, t - 1, rnd.ancestors[slot]), node)
+                        graph.add_edge(
+                            (run, t - 1, rnd.ancestors[slot]), node, resampled=rnd.resampled
+                        )
         return graph
 
     # --- combining -----------------------------------------------------------
@@ -282,46 +297,26 @@ class Posterior:
         ]
         return "\n".join(lines)
 
-    def to_arviz(self):
-        """ArviZ InferenceData: chain = run, draw = particle.
+    def to_arviz(self, *, seed: int = 0):
+        """ArviZ InferenceData: chain = independent run, draw = particle.
 
-        ``posterior`` holds one-hot ``answer_indicator`` values (dim ``answer``),
-        ``sample_stats`` the log weights and generated tokens per particle,
-        and the ``log_evidence`` group one estimate per chain. Runs must have
-        equal particle counts.
+        ``posterior`` holds one-hot ``answer_indicator`` values (dim
+        ``answer``, labels most probable first) and every numeric scalar
+        sample, memo, factor and observe site, for an equal-weight resample
+        of each run (``seed`` fixes it); ``sample_stats`` holds the weighted
+        particles' ``log_weight`` and ``tokens`` plus ``ess`` and
+        ``resampled`` per step; the ``log_evidence`` group holds one estimate
+        per chain. Runs must have equal particle counts. Saves with
+        ``to_netcdf`` and loads back with ``az.from_netcdf``. See
+        ``ppl.report.to_inference_data``.
+
+        Example:
+            >>> post = ppl.run("smc", prog, num_runs=4, num_particles=32)  # doctest: +SKIP
+            >>> az.rhat(post.to_arviz())  # doctest: +SKIP
         """
-        import arviz as az
-        import xarray as xr
+        from ppl.report.inference_data import to_inference_data
 
-        sizes = np.bincount(self.run_index, minlength=self.num_runs)
-        if len(set(sizes.tolist())) != 1:
-            raise InvalidArgumentError("to_arviz needs the same number of particles in every run")
-        shape = (self.num_runs, int(sizes[0]))
-        order = np.argsort(self.run_index, kind="stable")
-        labels = [repr(a) for a in dict.fromkeys(self.answers)]
-        index = {label: j for j, label in enumerate(labels)}
-        indicators = np.zeros((self.num_particles, len(labels)))
-        for i, answer in enumerate(self.answers):
-            indicators[i, index[repr(answer)]] = 1.0
-        tokens = np.array(
-            [sum(len(s.value.token_ids) for s in t.steps) for t in self.particles], dtype=float
-        )
-        idata = az.from_dict(
-            posterior={"answer_indicator": indicators[order].reshape(*shape, len(labels))},
-            sample_stats={
-                "log_weight": self.log_weights[order].reshape(shape),
-                "tokens": tokens[order].reshape(shape),
-            },
-            coords={"answer": labels},
-            dims={"answer_indicator": ["answer"]},
-        )
-        idata.add_groups(
-            log_evidence=xr.Dataset(
-                {"log_evidence": (("chain",), self.log_evidences)},
-                coords={"chain": np.arange(self.num_runs)},
-            )
-        )
-        return idata
+        return to_inference_data(self, seed=seed)
 
     # --- persistence ---------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,343 @@
+"""Saved runs: the directory ``ppl run`` writes and ``ppl report`` reads.
+
+One run::
+
+    result.json        metadata, diagnostics, MAP answer and the posterior itself
+    posterior.nc       ArviZ InferenceData (``az.from_netcdf``)
+    genealogy.graphml  the particle genealogy
+    report.html        the self-contained report
+
+A dataset run keeps one such directory per problem under ``problems/``
+(without ``report.html``, which ``ppl report`` renders on demand) and a
+``result.json`` of kind ``"dataset"`` with one row per finished problem.
+Every file is written to a temporary name and renamed, and ``result.json``
+is written last, so a directory with a ``result.json`` is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ppl.errors import InvalidArgumentError, ReportError, SerializationError
+from ppl.posterior import Posterior
+from ppl.report import html
+from ppl.report.diagnostics import Diagnostics, diagnose
+from ppl.report.genealogy import write_graphml
+from ppl.report.inference_data import to_inference_data
+from ppl.serialization import encode
+
+FORMAT_VERSION = 1
+RESULT_FILE = "result.json"
+POSTERIOR_FILE = "posterior.nc"
+GENEALOGY_FILE = "genealogy.graphml"
+REPORT_FILE = "report.html"
+PROBLEMS_DIR = "problems"
+
+
+def ensure_writable(directory: str | Path) -> Path:
+    """Create ``directory`` if needed and check that files can be written in it.
+
+    Example:
+        >>> ensure_writable("runs/lipogram")  # doctest: +SKIP
+        PosixPath('runs/lipogram')
+    """
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ReportError(
+            f"cannot write to output directory {str(directory)!r}: {reason}"
+        ) from None
+    return directory
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(temporary_path)`` and rename the result to ``path``.
+
+    Readers never see a half-written file.
+
+    Example:
+        >>> atomic_write(Path("report.html"), lambda p: p.write_text(page))  # doctest: +SKIP
+    """
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(descriptor)
+    try:
+        write(Path(temporary))
+        os.chmod(temporary, 0o666 & ~_umask())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def _umask() -> int:
+    # mkstemp creates files readable by the owner only; give them the usual mode.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (``-inf`` as ``-Infinity``, as ``Posterior.save`` does).
+
+    Example:
+        >>> write_json(Path("result.json"), {"format": 1})  # doctest: +SKIP
+    """
+    atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=1)))
+
+
+@dataclass(frozen=True)
+class SavedRun:
+    """What a run directory holds: the posterior (None if it could not be saved) and metadata."""
+
+    directory: Path
+    posterior: Posterior | None
+    metadata: dict[str, Any]
+    result: dict[str, Any]
+
+
+def save_run(
+    posterior: Posterior,
+    directory: str | Path,
+    *,
+    metadata: Mapping[str, Any],
+    title: str | None = None,
+    report: bool = True,
+) -> Diagnostics:
+    """Write a run directory for ``posterior`` and return its diagnostics.
+
+    ``metadata`` (program, method, model, seed, input...) must be
+    JSON-friendly. If the posterior holds values JSON cannot store, the
+    other files are still written and ``result.json`` says why the posterior
+    is missing.
+
+    Example:
+        >>> save_run(post, "runs/demo", metadata={"program": "lipogram"})  # doctest: +SKIP
+    """
+    directory = ensure_writable(directory)
+    diagnostics = diagnose(posterior)
+    idata = None
+    files = [RESULT_FILE, GENEALOGY_FILE]
+    try:
+        idata = to_inference_data(posterior)
+    except InvalidArgumentError as error:
+        diagnostics.notes.append(f"no {POSTERIOR_FILE}: {error}")
+    if idata is not None:
+        atomic_write(directory / POSTERIOR_FILE, lambda p: idata.to_netcdf(str(p)))
+        files.insert(1, POSTERIOR_FILE)
+    atomic_write(directory / GENEALOGY_FILE, lambda p: write_graphml(posterior.genealogy, p))
+    result: dict[str, Any] = {
+        "format": FORMAT_VERSION,
+        "kind": "run",
+        "metadata": dict(metadata),
+        "map_answer": None,
+        "map_answer_label": None,
+        "diagnostics": diagnostics.to_dict(),
+        "posterior": None,
+        "posterior_error": None,
+    }
+    if diagnostics.answers:
+        best = diagnostics.answers[0]
+        result["map_answer_label"] = best.label
+        try:
+            result["map_answer"] = encode(best.answer, "the MAP answer")
+        except SerializationError as error:
+            result["posterior_error"] = str(error)
+    try:
+        result["posterior"] = posterior.to_dict()
+    except SerializationError as error:
+        result["posterior_error"] = str(error)
+        diagnostics.notes.append(f"the posterior could not be saved: {error}")
+        result["diagnostics"] = diagnostics.to_dict()
+    if report:
+        page = html.run_report(
+            posterior,
+            diagnostics,
+            title=title or str(metadata.get("program", "pplscale run")),
+            metadata=metadata,
+            files=files,
+            idata=idata,
+        )
+        atomic_write(directory / REPORT_FILE, lambda p: p.write_text(page))
+    write_json(directory / RESULT_FILE, result)
+    return diagnostics
+
+
+def read_result(directory: str | Path) -> dict[str, Any]:
+    """The ``result.json`` of a saved run or dataset run; ``ReportError`` if there is none.
+
+    Example:
+        >>> read_result("runs/demo")["diagnostics"]["warnings"]  # doctest: +SKIP
+    """
+    path = Path(directory) / RESULT_FILE
+    if not Path(directory).is_dir():
+        raise ReportError(f"{str(directory)!r} is not a directory")
+    if not path.is_file():
+        raise ReportError(
+            f"{str(directory)!r} holds no {RESULT_FILE}: it is not a finished `ppl run` directory"
+        )
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ReportError(f"cannot read {path}: {error}") from None
+    if not isinstance(result, dict) or result.get("format") != FORMAT_VERSION:
+        raise ReportError(f"{path} is not a result file of this pplscale version")
+    return result
+
+
+def load_run(directory: str | Path) -> SavedRun:
+    """Read a run directory written by ``save_run``.
+
+    Example:
+        >>> saved = load_run("runs/demo"); saved.posterior.map_answer()  # doctest: +SKIP
+    """
+    result = read_result(directory)
+    if result.get("kind") != "run":
+        raise ReportError(f"{str(directory)!r} holds a {result.get('kind')!r} result, not a run")
+    posterior = None
+    if result.get("posterior") is not None:
+        try:
+            posterior = Posterior.from_dict(result["posterior"])
+        except (KeyError, TypeError, ValueError, SerializationError) as error:
+            raise ReportError(
+                f"the posterior in {directory}/{RESULT_FILE} is corrupt: {error}"
+            ) from None
+    return SavedRun(Path(directory), posterior, result.get("metadata", {}), result)
+
+
+def write_run_report(directory: str | Path, output: str | Path | None = None) -> Path:
+    """Render ``report.html`` of a saved run (or ``output``) from its ``result.json``.
+
+    Example:
+        >>> write_run_report("runs/demo")  # doctest: +SKIP
+        PosixPath('runs/demo/report.html')
+    """
+    saved = load_run(directory)
+    if saved.posterior is None:
+        raise ReportError(
+            f"{directory} has no saved posterior to report on: "
+            f"{saved.result.get('posterior_error')}"
+        )
+    output = Path(output) if output is not None else saved.directory / REPORT_FILE
+    ensure_writable(output.parent)
+    diagnostics = diagnose(saved.posterior)
+    try:
+        idata = to_inference_data(saved.posterior)
+    except InvalidArgumentError:
+        idata = None
+    files = [
+        f for f in (RESULT_FILE, POSTERIOR_FILE, GENEALOGY_FILE) if (saved.directory / f).exists()
+    ]
+    page = html.run_report(
+        saved.posterior,
+        diagnostics,
+        title=str(saved.metadata.get("program", "pplscale run")),
+        metadata=saved.metadata,
+        files=[os.path.relpath(saved.directory / f, output.parent) for f in files],
+        idata=idata,
+    )
+    atomic_write(output, lambda p: p.write_text(page))
+    return output
+
+
+def problem_dir(directory: str | Path, index: int) -> Path:
+    """The directory of problem ``index`` of a dataset run.
+
+    Example:
+        >>> problem_dir("runs/ds", 3).as_posix()
+        'runs/ds/problems/00003'
+    """
+    return Path(directory) / PROBLEMS_DIR / f"{index:05d}"
+
+
+def problem_row(index: int, result: Mapping[str, Any]) -> dict[str, Any]:
+    """The summary row of one finished problem (see ``html.dataset_report``).
+
+    Example:
+        >>> problem_row(3, read_result(problem_dir("runs/ds", 3)))["answer"]  # doctest: +SKIP
+    """
+    diagnostics = result["diagnostics"]
+    metadata = result["metadata"]
+    best = diagnostics["answers"][0] if diagnostics["answers"] else None
+    expected = metadata.get("expected")
+    correct = None
+    if expected is not None:
+        correct = best is not None and str(result["map_answer"]).strip() == str(expected).strip()
+    return {
+        "index": index,
+        "input": metadata.get("input_text", ""),
+        "answer": best["answer"] if best else None,
+        "map_answer": result["map_answer"],
+        "probability": best["probability"] if best else None,
+        "lower": best["lower"] if best else None,
+        "upper": best["upper"] if best else None,
+        "expected": expected,
+        "correct": correct,
+        "ess": diagnostics["ess"],
+        "pareto_k": diagnostics["pareto_k"],
+        "max_rhat": diagnostics["max_rhat"],
+        "warnings": len(diagnostics["warnings"]),
+        "link": f"{PROBLEMS_DIR}/{index:05d}/{RESULT_FILE}",
+    }
+
+
+def save_dataset_summary(
+    directory: str | Path, *, metadata: Mapping[str, Any], total: int, report: bool = True
+) -> dict[str, Any]:
+    """Collect the finished problems' rows into ``result.json`` (and ``report.html``).
+
+    Example:
+        >>> save_dataset_summary("runs/ds", metadata={}, total=10)["finished"]  # doctest: +SKIP
+    """
+    directory = Path(directory)
+    rows = []
+    for index in range(total):
+        path = problem_dir(directory, index)
+        if (path / RESULT_FILE).is_file():
+            rows.append(problem_row(index, read_result(path)))
+    summary = {
+        "format": FORMAT_VERSION,
+        "kind": "dataset",
+        "metadata": dict(metadata),
+        "total": total,
+        "finished": len(rows),
+        "problems": rows,
+    }
+    if report:
+        write_dataset_report(directory, summary)
+    write_json(directory / RESULT_FILE, summary)
+    return summary
+
+
+def write_dataset_report(
+    directory: str | Path, summary: Mapping[str, Any], output: str | Path | None = None
+) -> Path:
+    """Render the dataset report from a dataset summary.
+
+    Example:
+        >>> write_dataset_report("runs/ds", read_result("runs/ds"))  # doctest: +SKIP
+    """
+    directory = Path(directory)
+    output = Path(output) if output is not None else directory / REPORT_FILE
+    rows = []
+    for row in summary["problems"]:
+        link = directory / PROBLEMS_DIR / f"{row['index']:05d}"
+        target = link / REPORT_FILE if (link / REPORT_FILE).exists() else link / RESULT_FILE
+        rows.append({**row, "link": os.path.relpath(target, output.parent)})
+    page = html.dataset_report(
+        rows,
+        title=str(summary["metadata"].get("program", "pplscale dataset run")),
+        metadata=summary["metadata"],
+        total=summary["total"],
+    )
+    atomic_write(output, lambda p: p.write_text(page))
+    return output
