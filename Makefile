@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python examples/lipogram.py --particles 16
+	$(BIN)/ppl run examples/recipes/lipogram.toml --out runs/demo
 
 # Passive OpenMP waiting: spinning threads stall badly when the machine is shared.
 test: $(STAMP)
