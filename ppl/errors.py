@@ -46,3 +46,11 @@ class ModelNotInstalledError(BackendError):
 
 class SerializationError(PPLError):
     """A value in a posterior cannot be written to or read from JSON."""
+
+
+class VerifierError(PPLError):
+    """A verifier or reward model is misconfigured or returned an invalid score."""
+
+
+class TaskFormatError(PPLError):
+    """A task file (JSONL, BIG-bench ``task.json``) is missing or malformed."""
