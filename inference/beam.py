@@ -116,7 +116,8 @@ def beam(
         return scores
 
     root_trace, root_pending = run_to_next_choice(Trace())
-    (root_score,) = score_all([(root_trace, root_pending)])
+    # An unfinished root has no rival, so only a finished one needs a score.
+    root_score = score_all([(root_trace, None)])[0] if root_pending is None else 0.0
     beams = [_Beam(root_trace, root_pending, root_score, 0, None)]
     rounds = [Round((0,), (None,), (root_score,), False)]
     ess_history: list[float] = []
