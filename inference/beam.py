@@ -41,14 +41,15 @@ def beam(
     """Beam search: keep the ``beam_width`` best partial traces, extend each several ways.
 
     What it returns: up to ``beam_width`` finished traces found by a greedy
-    search for high ``score``; not a weighted sample of the posterior. Each
-    round, every unfinished beam makes its next random choice
-    ``num_expansions`` times (LM steps of all beams in one batched call;
-    a discrete ``ppl.sample`` site whose support has at most
-    ``num_expansions`` values is enumerated instead of sampled); children
-    are run to their next choice, duplicates merged, and the best
-    ``beam_width`` of the children and the finished beams are kept. The
-    search ends when every kept beam has finished.
+    search for high ``score``; not a weighted sample of the posterior. The
+    search starts from ``beam_width`` copies of the empty trace. Each round,
+    every unfinished beam makes its next random choice ``num_expansions``
+    times (LM steps of all beams in one batched call; a discrete
+    ``ppl.sample`` site whose support has at most ``num_expansions`` values
+    is enumerated instead of sampled); children are run to their next
+    choice, duplicates merged, and the best ``beam_width`` of the children
+    and the finished beams are kept. The search ends when every kept beam
+    has finished.
 
     ``score`` ranks (partial) traces:
 
@@ -61,9 +62,9 @@ def beam(
       ``verifier.trace_scorer(question)``; each scored trace counts as one
       verifier call.
 
-    If the score of a child can only decrease as the trace grows, or a twist
-    gives each partial trace the best score reachable from it, the result is
-    the exact top-``beam_width`` among the traces the expansions reach.
+    When a twist gives each partial trace the best final score reachable
+    from it, or earlier choices' factors dominate all later ones, the result
+    is the exact top-``beam_width`` among the traces the expansions reach.
 
     The returned posterior's ``log_weights`` are the final beams' scores, so
     ``answer_distribution()`` is a score-weighted vote over them and
@@ -135,7 +136,9 @@ def beam(
                 continue
             enumerated = _enumerate(b.pending, num_expansions)
             if enumerated is None:
-                to_draw += [(slot, b.pending)] * num_expansions
+                # The search starts from beam_width copies of the root.
+                copies = beam_width if len(rounds) == 1 else 1
+                to_draw += [(slot, b.pending)] * (num_expansions * copies)
             else:
                 children += [(slot, b.trace.extend(site)) for site in enumerated]
         drawn = resolve_choices([choice for _, choice in to_draw], rng) if to_draw else []
