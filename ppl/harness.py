@@ -66,7 +66,7 @@ class BenchConfig:
     task_seed: int
     seed: int
     beam_expansions: int
-    task_fingerprint: str = ""
+    task_fingerprint: str
 
 
 # --- loading ---------------------------------------------------------------------------

@@ -63,7 +63,9 @@ def setup(tmp_path_factory):
     return root
 
 
-def invoke(setup, out, *extra, methods="importance,majority", budgets="1", env=None):
+def invoke(
+    setup, out, *extra, methods="importance,majority", budgets="1", env=None, progress=False
+):
     args = [
         "--task",
         str(setup / "task.jsonl"),
@@ -77,7 +79,7 @@ def invoke(setup, out, *extra, methods="importance,majority", budgets="1", env=N
         budgets,
         "--out",
         str(out),
-        "--no-progress",
+        "--progress" if progress else "--no-progress",
         *extra,
     ]
     return CliRunner().invoke(bench, args, env=env or {})
@@ -190,9 +192,10 @@ def test_half_written_record_is_discarded(setup, tmp_path):
     invoke(setup, out)
     with open(out / "runs.jsonl", "a") as handle:
         handle.write('{"engine": "importance", "bud')
-    again = invoke(setup, out)
+    again = invoke(setup, out, progress=True)
     assert again.exit_code == 0, again.output
-    assert "0 runs computed, 10 reused" in again.output
+    assert "0 runs computed, 10 reused" in again.stdout
+    assert "10/10" in again.stderr  # the progress bar starts from the finished runs
     assert len(read_runs(out)) == 10
 
 
