@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import math
 import re
-from fractions import Fraction
 
 import click
 
 import ppl
+from models.verifiers.programmatic import NUMBER, calculator_check, equations
 
 QUESTION = (
     "Tom has 3 boxes with 12 apples in each box. He eats 5 apples. "
@@ -28,36 +28,7 @@ INSTRUCTIONS = (
     "Solve the problem step by step. Write one calculation per line, like '3 * 4 = 12'. "
     "Finish with a line 'Answer: N'."
 )
-NUMBER = r"-?\d+(?:\.\d+)?"
-EQUATION = re.compile(rf"({NUMBER})\s*([-+*/x×])\s*({NUMBER})\s*=\s*({NUMBER})")
 ANSWER = re.compile(rf"[Aa]nswer\s*[:=]?\s*\$?({NUMBER})")
-
-
-def equations(line: str) -> list[tuple[str, str, str, str]]:
-    """The ``a op b = c`` equations written in a line.
-
-    Example:
-        >>> equations("3 * 12 = 36 apples, then 36 - 5 = 31")
-        [('3', '*', '12', '36'), ('36', '-', '5', '31')]
-    """
-    return EQUATION.findall(line)
-
-
-def calculator_check(a: str, op: str, b: str, c: str) -> bool:
-    """Whether ``a op b == c`` holds exactly.
-
-    Example:
-        >>> calculator_check("36", "-", "5", "31"), calculator_check("7", "/", "0", "1")
-        (True, False)
-    """
-    x, y, z = Fraction(a), Fraction(b), Fraction(c)
-    if op == "+":
-        return x + y == z
-    if op == "-":
-        return x - y == z
-    if op in ("*", "x", "×"):
-        return x * y == z
-    return y != 0 and x / y == z
 
 
 def final_answer(text: str) -> str | None:

@@ -24,6 +24,36 @@ from ppl.runtime import as_program, execute, resolve_choices
 from ppl.trace import Trace
 
 
+class BackendUsage:
+    """The work each LM did during one run, from counter snapshots taken at first use.
+
+    Example:
+        >>> usage = BackendUsage()
+        >>> usage.track(pending_choice)  # doctest: +SKIP
+        >>> usage.cost().tokens_generated  # doctest: +SKIP
+    """
+
+    def __init__(self):
+        self._before: dict[int, tuple[object, dict[str, int]]] = {}
+
+    def track(self, choice: PendingChoice | None) -> None:
+        """Start counting the LM of a pending step, if it is new to this run."""
+        if choice is not None and choice.kind == "step" and id(choice.fn.lm) not in self._before:
+            self._before[id(choice.fn.lm)] = (choice.fn.lm, choice.fn.lm.stats.snapshot())
+
+    def cost(self) -> Cost:
+        total = Cost()
+        for lm, before in self._before.values():
+            after = lm.stats.snapshot()
+            total += Cost(
+                tokens_generated=after["tokens_generated"] - before["tokens_generated"],
+                tokens_prefilled=after["tokens_prefilled"] - before["tokens_prefilled"],
+                tokens_scored=after["tokens_scored"] - before["tokens_scored"],
+                lm_calls=sum(after[k] - before[k] for k in ("sample_calls", "score_calls")),
+            )
+        return total
+
+
 def check_positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
@@ -50,7 +80,7 @@ def run_population(
     seed_sequence = np.random.SeedSequence(seed)
     rng = np.random.default_rng(seed_sequence)
     started = time.perf_counter()
-    lms: dict[int, tuple[object, dict[str, int]]] = {}
+    usage = BackendUsage()
 
     traces = [Trace()] * num_particles
     pending: list[PendingChoice | None] = [None] * num_particles
@@ -85,8 +115,7 @@ def run_population(
             break
         choices = [pending[i] for i in live]
         for choice in choices:
-            if choice.kind == "step" and id(choice.fn.lm) not in lms:
-                lms[id(choice.fn.lm)] = (choice.fn.lm, choice.fn.lm.stats.snapshot())
+            usage.track(choice)
         sites = resolve_choices(choices, rng)
         texts: list[str | None] = [None] * num_particles
         for i, site in zip(live, sites, strict=True):
@@ -111,18 +140,9 @@ def run_population(
             log_weights = np.full(num_particles, log_mean_weight)
             ancestors, resampled = tuple(int(j) for j in indices), True
 
-    cost = Cost(verifier_calls=verifier_calls, wall_seconds=time.perf_counter() - started)
-    for lm, before in lms.values():
-        after = lm.stats.snapshot()
-        cost += Cost(
-            tokens_generated=after["tokens_generated"] - before["tokens_generated"],
-            tokens_prefilled=after["tokens_prefilled"] - before["tokens_prefilled"],
-            tokens_scored=after["tokens_scored"] - before["tokens_scored"],
-            lm_calls=after["sample_calls"]
-            + after["score_calls"]
-            - before["sample_calls"]
-            - before["score_calls"],
-        )
+    cost = usage.cost() + Cost(
+        verifier_calls=verifier_calls, wall_seconds=time.perf_counter() - started
+    )
     return Posterior(
         traces,
         log_weights,

@@ -14,7 +14,7 @@ Example:
     >>> ppl.smc(no_e, lm, "The", num_particles=16, seed=0).summary()  # doctest: +SKIP
 """
 
-from inference import importance, run, smc
+from inference import beam, importance, run, smc
 from ppl.distributions import LMStep
 from ppl.errors import (
     BackendError,
@@ -30,6 +30,8 @@ from ppl.errors import (
     ReplayDivergenceError,
     ReportError,
     SerializationError,
+    TaskFormatError,
+    VerifierError,
 )
 from ppl.lm import LM, ScoreRequest, StepRequest, StepResult
 from ppl.posterior import Cost, Posterior
@@ -73,8 +75,11 @@ __all__ = [
     "Step",
     "StepRequest",
     "StepResult",
+    "TaskFormatError",
     "Trace",
+    "VerifierError",
     "answer",
+    "beam",
     "condition",
     "factor",
     "importance",

@@ -27,6 +27,7 @@ import numpy as np
 
 import ppl
 from ppl.errors import ParticleError, PPLError, RecipeError
+from ppl.harness import bench
 from ppl.lm import LM
 from ppl.recipes import (
     MODELS,
@@ -54,7 +55,8 @@ def main() -> None:
     def solve(lm, question). "ppl run" runs an inference method on it and
     writes result.json, posterior.nc (ArviZ), genealogy.graphml and a
     self-contained report.html; "ppl report" re-renders the report of a saved
-    run. See "ppl COMMAND --help".
+    run; "ppl bench" measures accuracy against compute for several methods on
+    a task suite. See "ppl COMMAND --help".
     """
 
 
@@ -450,6 +452,8 @@ def report(directory: str, out: str | None, output: Output) -> None:
     output.info(f"wrote {path}")
     output.result({"report": str(path), "warnings": warnings})
 
+
+main.add_command(bench)
 
 if __name__ == "__main__":
     main()

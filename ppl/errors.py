@@ -66,3 +66,11 @@ class RecipeError(PPLError):
 
 class ReportError(PPLError):
     """A saved run cannot be read, or its files cannot be written."""
+
+
+class VerifierError(PPLError):
+    """A verifier or reward model is misconfigured or returned an invalid score."""
+
+
+class TaskFormatError(PPLError):
+    """A task file (JSONL, BIG-bench ``task.json``) is missing or malformed."""

@@ -379,6 +379,68 @@ class Posterior:
             f"ess={self.ess:.1f} log_evidence={self.log_evidence:.3f}>"
         )
 
+    # --- verifier views ------------------------------------------------------
+    def best_of_n_answer(self, scores=None) -> Any:
+        """Best-of-N: the answer of the surviving particle with the highest score.
+
+        ``scores`` (one per particle) is a sequence, the name of a ``ppl.memo``
+        site holding each particle's score, or a function of the trace; by
+        default the log weights. Ties go to the earlier particle.
+
+        Example:
+            >>> post.best_of_n_answer("final_check.score")  # doctest: +SKIP
+        """
+        self._require_nonempty("best_of_n_answer")
+        values = self.log_weights if scores is None else self._particle_scores(scores)
+        alive = np.flatnonzero(self.log_weights > -np.inf)
+        return self.answers[alive[np.argmax(values[alive])]]
+
+    def weighted_vote(self, scores) -> dict[Any, float]:
+        """Weighted majority vote: each answer's share of the total score of surviving particles.
+
+        ``scores`` are non-negative (verifier probabilities), given as in
+        ``best_of_n_answer``. Empty when every score is zero.
+
+        Example:
+            >>> post.weighted_vote([0.9, 0.2, 0.7])  # doctest: +SKIP
+            {'31': 0.8, '29': 0.2}
+        """
+        values = self._particle_scores(scores)
+        if (values < 0).any():
+            raise InvalidArgumentError("weighted_vote needs non-negative scores")
+        totals: dict[Any, float] = {}
+        for answer, value, log_weight in zip(self.answers, values, self.log_weights, strict=True):
+            if log_weight > -np.inf:
+                totals[answer] = totals.get(answer, 0.0) + float(value)
+        total = sum(totals.values())
+        if total == 0:
+            return {}
+        return dict(sorted(((a, v / total) for a, v in totals.items()), key=lambda kv: -kv[1]))
+
+    def weighted_majority_answer(self, scores) -> Any:
+        """The answer with the largest total score (see ``weighted_vote``)."""
+        distribution = self.weighted_vote(scores)
+        if not distribution:
+            raise EmptyPosteriorError("weighted_majority_answer: every surviving score is zero")
+        return next(iter(distribution))
+
+    def _particle_scores(self, scores) -> np.ndarray:
+        if isinstance(scores, str):
+            missing = [i for i, t in enumerate(self.particles) if scores not in t]
+            if missing:
+                raise InvalidArgumentError(f"particle {missing[0]} has no site {scores!r}")
+            values = [t[scores].value for t in self.particles]
+        elif callable(scores):
+            values = [scores(t) for t in self.particles]
+        else:
+            values = list(scores)
+        values = np.asarray(values, dtype=float)
+        if values.shape != (self.num_particles,) or np.isnan(values).any():
+            raise InvalidArgumentError(
+                f"scores must be one number per particle ({self.num_particles}), got {scores!r}"
+            )
+        return values
+
 
 def _encode_site(site: Site, particle: int) -> dict[str, Any]:
     # Fingerprints are process-local hashes; a loaded trace replays without them.

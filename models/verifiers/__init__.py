@@ -1,0 +1,34 @@
+"""Verifiers and reward models: batched probabilities that reasoning steps are correct.
+
+Example:
+    >>> from models.verifiers import ProgrammaticVerifier
+    >>> calculator = ProgrammaticVerifier.calculator(aggregate="min")
+    >>> calculator.score("What is 2 + 3 * 4?", ["3 * 4 = 12\\n", "2 + 12 = 14\\n"])
+    1.0
+"""
+
+from models.verifiers.base import (
+    AGGREGATIONS,
+    TRANSFORMS,
+    Verifier,
+    aggregate_scores,
+    as_steps,
+    to_log_weight,
+)
+from models.verifiers.lm_judge import LMJudge
+from models.verifiers.prm import PRM
+from models.verifiers.programmatic import ProgrammaticVerifier, calculator_check, equations
+
+__all__ = [
+    "AGGREGATIONS",
+    "LMJudge",
+    "PRM",
+    "ProgrammaticVerifier",
+    "TRANSFORMS",
+    "Verifier",
+    "aggregate_scores",
+    "as_steps",
+    "calculator_check",
+    "equations",
+    "to_log_weight",
+]
