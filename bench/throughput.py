@@ -51,7 +51,8 @@ def raw_decode(lm, prompt_ids: list[int], num_rows: int, num_tokens: int, seed: 
     cache.batch_repeat_interleave(num_rows)
     logits = out.logits[:, -1, :].expand(num_rows, -1)
     for _ in range(num_tokens):
-        tokens = sample_categorical(torch.log_softmax(logits.float(), -1), generator)
+        uniforms = torch.rand(num_rows, generator=generator)
+        tokens = sample_categorical(torch.log_softmax(logits.float(), -1), uniforms)
         out = model(input_ids=tokens[:, None], past_key_values=cache, use_cache=True)
         logits = out.logits[:, -1, :]
     return time.perf_counter() - started

@@ -146,8 +146,11 @@ class TokenLM(LM):
             if len(live) < len(rows):
                 logits = logits[live]
             live_requests = [rows[row] for row in live]
+            # One uniform per request, drawn in request order: a request's tokens
+            # depend on the seed and its own logits, never on the cache's row layout.
+            uniforms = torch.rand(size, generator=generator, device=self.device)
             tokens, picked_p, picked_q = self._draw(
-                logits, [requests[j] for j in live_requests], generated, live_requests, generator
+                logits, [requests[j] for j in live_requests], generated, live_requests, uniforms
             )
             self.stats.tokens_generated += len(live)
             for j, token, token_p, token_q in zip(
@@ -183,7 +186,7 @@ class TokenLM(LM):
         requests: Sequence[StepRequest],
         generated: list[list[int]],
         indices: list[int],
-        generator: torch.Generator,
+        uniforms: torch.Tensor,
     ) -> tuple[list[int], list[float], list[float]]:
         """Sample one token per row from its proposal; return tokens, log p and log q."""
         logits = logits.float()
@@ -212,7 +215,7 @@ class TokenLM(LM):
                 )
         else:
             log_q = log_p
-        tokens = sample_categorical(log_q, generator)
+        tokens = sample_categorical(log_q, uniforms[torch.tensor(indices, device=self.device)])
         picked_p = log_p.gather(1, tokens[:, None]).squeeze(1).tolist()
         picked_q = (
             log_q.gather(1, tokens[:, None]).squeeze(1).tolist() if shaped else list(picked_p)
@@ -278,21 +281,20 @@ class TokenLM(LM):
         return any(s in text[-tail:] for s in stop)
 
 
-def sample_categorical(log_probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def sample_categorical(log_probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """One draw per row from normalized log-probabilities ``[rows, vocab]``.
 
-    Inverse-CDF sampling: several times faster than ``torch.multinomial`` over
-    a large vocabulary on CPU, and like it never returns a token of zero
-    probability.
+    Inverse-CDF sampling with the given uniforms in [0, 1), one per row:
+    several times faster than ``torch.multinomial`` over a large vocabulary on
+    CPU, and like it never returns a token of zero probability.
 
     Example:
-        >>> g = torch.Generator().manual_seed(0)
-        >>> sample_categorical(torch.tensor([[0.0, float("-inf")]]), g).tolist()
+        >>> sample_categorical(torch.tensor([[0.0, float("-inf")]]), torch.tensor([0.7])).tolist()
         [0]
     """
     cumulative = log_probs.exp().cumsum(dim=-1)
     total = cumulative[:, -1:]
-    uniform = torch.rand(total.shape, generator=generator, device=total.device) * total
+    uniform = uniforms.reshape(-1, 1).to(total.dtype) * total
     # Keep u strictly below the total so rounding can never step past the last allowed token.
     uniform = torch.minimum(uniform, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cumulative, uniform, right=True).squeeze(1)

@@ -82,10 +82,21 @@ def test_prefill_is_counted_once_per_distinct_prompt():
     assert lm.stats.prefill_calls == 2
 
 
+def test_samples_for_a_seed_do_not_depend_on_the_cache_layout():
+    requests = [ppl.StepRequest(t, stop=(), max_tokens=5) for t in ["ab", "ca", "abc", "b"]]
+    fresh = make_tiny_lm(seed=6).sample_steps(requests, seed=3)
+    used = make_tiny_lm(seed=6)
+    # Earlier calls leave rows in an order unrelated to these requests.
+    used.sample_steps([ppl.StepRequest(t, max_tokens=3) for t in ["b", "abc", "cc", "ca"]], seed=9)
+    again = used.sample_steps(requests, seed=3)
+    assert [r.token_ids for r in again] == [r.token_ids for r in fresh]
+
+
 def test_sample_categorical_matches_probabilities_and_skips_zero_mass():
     probs = torch.tensor([[0.5, 0.0, 0.2, 0.3, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]])
     log_probs = probs.log().repeat(20000, 1)
-    draws = sample_categorical(log_probs, torch.Generator().manual_seed(0)).view(-1, 2)
+    uniforms = torch.rand(log_probs.shape[0], generator=torch.Generator().manual_seed(0))
+    draws = sample_categorical(log_probs, uniforms).view(-1, 2)
     assert (draws[:, 1] == 4).all()
     counts = torch.bincount(draws[:, 0], minlength=5).double() / draws.shape[0]
     assert counts[1] == 0 and counts[4] == 0
