@@ -18,6 +18,8 @@ from inference import beam, importance, run, smc
 from ppl.distributions import LMStep
 from ppl.errors import (
     BackendError,
+    BadResponse,
+    CapabilityError,
     DuplicateSiteError,
     EmptyPosteriorError,
     InvalidArgumentError,
@@ -30,6 +32,7 @@ from ppl.errors import (
     ReplayDivergenceError,
     ReportError,
     SerializationError,
+    ServerUnavailable,
     TaskFormatError,
     VerifierError,
 )
@@ -53,6 +56,8 @@ from ppl.values import Chat, Step
 __all__ = [
     "LM",
     "BackendError",
+    "BadResponse",
+    "CapabilityError",
     "Chat",
     "Cost",
     "DuplicateSiteError",
@@ -71,6 +76,7 @@ __all__ = [
     "ReportError",
     "ScoreRequest",
     "SerializationError",
+    "ServerUnavailable",
     "Site",
     "Step",
     "StepRequest",

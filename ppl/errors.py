@@ -74,3 +74,15 @@ class VerifierError(PPLError):
 
 class TaskFormatError(PPLError):
     """A task file (JSONL, BIG-bench ``task.json``) is missing or malformed."""
+
+
+class ServerUnavailable(BackendError):
+    """A model server could not be reached, kept failing or timed out after all retries."""
+
+
+class BadResponse(BackendError):
+    """A model server answered with something that is not a valid response to the request."""
+
+
+class CapabilityError(BackendError):
+    """A backend cannot do what was asked exactly (e.g. a logits processor over HTTP)."""

@@ -1,0 +1,598 @@
+"""``OpenAILM``: a model behind an OpenAI-compatible ``/v1/completions`` server.
+
+vLLM, SGLang and llama.cpp's servers shard, batch and prefix-cache the model;
+this client only sends requests. ``sample_steps`` sends one completion request
+per particle (a whole step: until a stop string, end of sequence or
+``max_tokens``), concurrently and bounded by ``max_concurrency``; identical
+and shared prefixes are sent in a stable, sorted order so the server's prefix
+cache serves them. ``Chat`` contexts are rendered locally with the model's
+chat template and sent as completion prompts, so continuing a partial
+assistant message is exact.
+
+Weights are exact only where the server says enough:
+
+- Steps at ``temperature=1`` are exact on every server: the request turns
+  every other sampling transform off (``ServerProfile.sampling``), so the
+  proposal is the model and ``logq == logp`` is the sum of the returned token
+  log-probabilities.
+- At another temperature the proposal's log-probability is needed as well as
+  the model's, and a server returns only one of them: vLLM (default
+  ``--logprobs-mode raw_logprobs``) and llama.cpp return the model's
+  (``logprobs="raw"``); SGLang, and vLLM with
+  ``--logprobs-mode processed_logprobs``, return the proposal's
+  (``logprobs="processed"``). With processed log-probabilities ``logq`` comes
+  with the sample and ``logp`` from an ``echo`` scoring request at
+  temperature 1; with raw ones the step raises ``CapabilityError``.
+- ``score_steps`` uses ``echo`` with ``logprobs``; servers whose echoed
+  log-probabilities are not aligned with the prompt (llama-cpp-python's)
+  raise ``CapabilityError``.
+- Logits processors run inside the server and cannot be sent:
+  ``CapabilityError``.
+
+Transient failures (connection errors, timeouts, 429 and 5xx answers) are
+retried with exponential backoff and jitter. A request that still fails fails
+its particle only: its step gets ``logp = -inf`` (so the particle's weight is
+zero), the failure is appended to ``OpenAILM.failures`` and counted in
+``stats.failed_requests``. When every request of a call fails the call raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from models.token_lm import TokenLM
+from ppl.errors import (
+    BackendError,
+    BadResponse,
+    CapabilityError,
+    InvalidArgumentError,
+    ServerUnavailable,
+)
+from ppl.lm import LM, Context, LMStats, ScoreRequest, StepRequest, StepResult
+from ppl.values import Chat
+
+_TOKEN_ID_PREFIX = "token_id:"
+
+
+@dataclass(frozen=True)
+class ServerProfile:
+    """What a family of servers does with sampling parameters and log-probabilities.
+
+    ``sampling``: request fields that make the proposal exactly
+    ``softmax(logits / temperature)`` (no top-k/top-p/min-p, no penalties),
+    plus any field the client relies on. ``logprobs``: ``"raw"`` when the
+    returned token log-probabilities are the model's at temperature 1,
+    ``"processed"`` when they are the proposal's. ``echo_scoring``: ``echo``
+    with ``logprobs`` returns each prompt token's log-probability given the
+    tokens before it. ``reports_eos``: a generated end-of-sequence token is
+    listed, with its log-probability, among the returned tokens.
+
+    Example:
+        >>> replace(SERVERS["vllm"], logprobs="processed").logprobs
+        'processed'
+    """
+
+    sampling: Mapping[str, object]
+    logprobs: str = "raw"
+    echo_scoring: bool = True
+    reports_eos: bool = True
+
+
+_NO_PENALTIES = {"presence_penalty": 0.0, "frequency_penalty": 0.0}
+
+SERVERS: dict[str, ServerProfile] = {
+    # vLLM: token ids in the answer make token_ids exact.
+    "vllm": ServerProfile(
+        {
+            "top_p": 1.0,
+            "top_k": -1,
+            "min_p": 0.0,
+            "repetition_penalty": 1.0,
+            "return_tokens_as_token_ids": True,
+            **_NO_PENALTIES,
+        },
+        logprobs="raw",
+    ),
+    # SGLang returns temperature-scaled log-probabilities unless started with
+    # SGLANG_RETURN_ORIGINAL_LOGPROB=1 (then pass logprobs="raw").
+    "sglang": ServerProfile(
+        {"top_p": 1.0, "top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0, **_NO_PENALTIES},
+        logprobs="processed",
+    ),
+    # llama-cpp-python's server (python -m llama_cpp.server): log-probabilities
+    # come from the raw logits; its echoed ones are shifted by one position and
+    # a generated end-of-sequence token is not listed.
+    "llama-cpp-python": ServerProfile(
+        {"top_p": 1.0, "top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0, **_NO_PENALTIES},
+        logprobs="raw",
+        echo_scoring=False,
+        reports_eos=False,
+    ),
+}
+
+
+@dataclass(slots=True)
+class OpenAIStats(LMStats):
+    """``LMStats`` plus the HTTP work: requests sent, retries, requests that failed for good."""
+
+    requests: int = 0
+    retries: int = 0
+    failed_requests: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFailure:
+    """A request that failed after all retries; its particle's step got weight zero."""
+
+    context: str
+    error: str
+
+
+@dataclass(slots=True)
+class _Sample:
+    """One parsed completion."""
+
+    token_ids: tuple[int, ...]
+    text: str
+    log_probs: list[float]
+    finished: bool
+
+
+class OpenAILM(LM):
+    """A model served over an OpenAI-compatible ``/v1/completions`` endpoint.
+
+    ``base_url`` ends with ``/v1`` (as for the OpenAI client); ``model`` is the
+    served model's name; ``tokenizer`` is a Hugging Face tokenizer (or a local
+    directory holding one) for the served model: it renders chat templates,
+    decodes token ids and knows the end-of-sequence tokens (``eos_token_ids``
+    overrides them). ``server`` names a ``ServerProfile`` (``"vllm"``,
+    ``"sglang"``, ``"llama-cpp-python"``) or is one; ``logprobs`` overrides
+    its log-probability mode. ``sampling`` adds request fields (they override
+    the profile's). ``timeout`` is per request in seconds; a request is tried
+    ``1 + retries`` times, waiting ``backoff * 2**attempt`` seconds (with
+    jitter) between tries.
+
+    Example:
+        >>> lm = OpenAILM("http://127.0.0.1:8000/v1", "Qwen/Qwen2.5-7B-Instruct",  # doctest: +SKIP
+        ...               tokenizer="/models/qwen2.5-7b-instruct", max_concurrency=64)
+        >>> ppl.smc(program, lm, question, num_particles=64, seed=0)  # doctest: +SKIP
+    """
+
+    # Same rendering as the local backends: the template's open assistant turn
+    # followed by the assistant text verbatim.
+    render = TokenLM.render
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        tokenizer,
+        server: str | ServerProfile = "vllm",
+        logprobs: str | None = None,
+        eos_token_ids: Sequence[int] | None = None,
+        api_key: str | None = None,
+        sampling: Mapping[str, object] | None = None,
+        max_concurrency: int = 16,
+        timeout: float = 60.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+    ):
+        if isinstance(server, str):
+            if server not in SERVERS:
+                raise InvalidArgumentError(
+                    f"unknown server {server!r}; choose one of {sorted(SERVERS)} "
+                    "or pass a models.ServerProfile"
+                )
+            server = SERVERS[server]
+        if logprobs is not None:
+            server = replace(server, logprobs=logprobs)
+        if server.logprobs not in ("raw", "processed"):
+            raise InvalidArgumentError(
+                f"logprobs must be 'raw' or 'processed', got {server.logprobs!r}"
+            )
+        if not (isinstance(max_concurrency, int) and max_concurrency >= 1):
+            raise InvalidArgumentError(
+                f"max_concurrency must be a positive int, got {max_concurrency!r}"
+            )
+        if not timeout > 0 or retries < 0 or backoff < 0:
+            raise InvalidArgumentError(
+                f"need timeout > 0, retries >= 0 and backoff >= 0; got {timeout!r}, "
+                f"{retries!r}, {backoff!r}"
+            )
+        if isinstance(tokenizer, str | Path):
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        self.tokenizer = tokenizer
+        if eos_token_ids is None:
+            eos_token_ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+        self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.server = server
+        self.api_key = api_key
+        self.sampling = dict(sampling or {})
+        self.max_concurrency = max_concurrency
+        self.timeout = float(timeout)
+        self.retries = int(retries)
+        self.backoff = float(backoff)
+        self.stats = OpenAIStats()
+        self.failures: list[RequestFailure] = []
+        self._encoded: dict[Context, tuple[int, ...]] = {}
+        self._piece_ids: dict[str, int] | None = None
+        self._reset_connection()
+
+    def _reset_connection(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._client: httpx.AsyncClient | None = None
+        self._semaphore: asyncio.Semaphore | None = None
+        self._jitter = random.Random()
+
+    # A client pickles without its connection (e.g. to Ray workers) and
+    # reconnects on first use.
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        for name in ("_loop", "_thread", "_client", "_semaphore", "_jitter"):
+            state.pop(name)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset_connection()
+
+    def close(self) -> None:
+        """Close the connections and stop the client's event-loop thread."""
+        if self._loop is None:
+            return
+        if self._client is not None:
+            asyncio.run_coroutine_threadsafe(self._client.aclose(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+        self._reset_connection()
+
+    def __enter__(self) -> OpenAILM:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- text <-> tokens ------------------------------------------------------
+    def encode(self, context: Context) -> tuple[int, ...]:
+        """Token ids of ``context`` as the local backends tokenize it."""
+        return TokenLM.encode(self, context)
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(
+            list(token_ids), skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
+
+    def _piece_to_id(self, piece: str) -> int | None:
+        """The token whose text is ``piece``, when exactly one token decodes to it."""
+        if piece.startswith(_TOKEN_ID_PREFIX):
+            return int(piece[len(_TOKEN_ID_PREFIX) :])
+        if self._piece_ids is None:
+            texts = self.tokenizer.batch_decode(
+                [[i] for i in range(len(self.tokenizer))],
+                skip_special_tokens=False,
+                clean_up_tokenization_spaces=False,
+            )
+            counts: dict[str, int] = {}
+            for text in texts:
+                counts[text] = counts.get(text, 0) + 1
+            self._piece_ids = {
+                text: i
+                for i, text in enumerate(texts)
+                if counts[text] == 1 and text and "\ufffd" not in text
+            }
+        return self._piece_ids.get(piece)
+
+    # --- the backend contract -------------------------------------------------
+    def sample_steps(
+        self, requests: Sequence[StepRequest], *, seed: int | None = None
+    ) -> list[StepResult]:
+        """One completion request per step, sent concurrently; a failed request fails its step.
+
+        Per-request seeds are drawn from ``seed``, so a call is reproducible
+        wherever the server's sampling is deterministic for a seed.
+        """
+        if not requests:
+            return []
+        for request in requests:
+            self._check_exact(request)
+        self.stats.sample_calls += 1
+        seeds = np.random.default_rng(seed).integers(0, 2**31 - 1, size=len(requests))
+        prompts = [self.render(r.context) for r in requests]
+        outcomes = self._run(self._sample_all(requests, prompts, [int(s) for s in seeds]))
+        for outcome in outcomes:
+            if isinstance(outcome, CapabilityError):
+                raise outcome
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        if len(errors) == len(requests):
+            error = errors[0]
+            error.add_note(f"all {len(requests)} requests of this call failed")
+            raise error
+        results = []
+        for prompt, outcome in zip(prompts, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                self.stats.failed_requests += 1
+                self.failures.append(
+                    RequestFailure(prompt[-200:], f"{type(outcome).__name__}: {outcome}")
+                )
+                results.append(StepResult("", (), -math.inf, 0.0, True))
+            else:
+                results.append(outcome)
+        return results
+
+    def score_steps(self, requests: Sequence[ScoreRequest]) -> list[float]:
+        """Log-probability of each continuation by ``echo`` (temperature 1); raises on failure."""
+        if not requests:
+            return []
+        if not self.server.echo_scoring:
+            raise CapabilityError(
+                "this server cannot score given text (its echoed log-probabilities are not "
+                "aligned with the prompt); use a server that can (vLLM, SGLang) or a local "
+                "backend for re-scoring"
+            )
+        self.stats.score_calls += 1
+        outcomes = self._run(self._score_all(requests))
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return outcomes
+
+    def wait_until_ready(self, timeout: float = 60.0) -> None:
+        """Poll ``GET /models`` until the server answers; ``ServerUnavailable`` after ``timeout``.
+
+        Example:
+            >>> lm.wait_until_ready(timeout=120)  # doctest: +SKIP
+        """
+        self._run(self._wait_until_ready(timeout))
+
+    # --- checks ---------------------------------------------------------------
+    def _check_exact(self, request: StepRequest) -> None:
+        if request.logits_processor is not None:
+            raise CapabilityError(
+                "a logits processor cannot run inside an HTTP server; use a local backend "
+                "(TransformersLM, LlamaCppLM) for steps with logits_processor"
+            )
+        if request.temperature != 1.0:
+            if self.server.logprobs == "raw":
+                raise CapabilityError(
+                    f"temperature={request.temperature}: this server returns the model's "
+                    "log-probabilities, not the tempered proposal's, so the step's weight "
+                    "cannot be computed; use temperature=1, or a server that returns "
+                    "processed log-probabilities (vLLM --logprobs-mode processed_logprobs, "
+                    "SGLang) with logprobs='processed'"
+                )
+            if not self.server.echo_scoring:
+                raise CapabilityError(
+                    f"temperature={request.temperature} needs the model's log-probability "
+                    "from an echo request, which this server does not support"
+                )
+
+    # --- requests -------------------------------------------------------------
+    def _run(self, coroutine):
+        """Run ``coroutine`` on the client's own event loop (a daemon thread)."""
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(
+                target=self._loop.run_forever, name="OpenAILM", daemon=True
+            )
+            self._thread.start()
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def _ensure_client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            self._client = httpx.AsyncClient(
+                base_url=self.base_url,
+                headers=headers,
+                timeout=self.timeout,
+                limits=httpx.Limits(max_connections=self.max_concurrency),
+            )
+            self._semaphore = asyncio.Semaphore(self.max_concurrency)
+        return self._client
+
+    async def _post(self, path: str, body: dict) -> dict:
+        """POST with retries on transient failures; typed errors otherwise."""
+        client = self._ensure_client()
+        url = f"{self.base_url}{path}"
+        error: BackendError | None = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.stats.retries += 1
+                delay = self.backoff * 2 ** (attempt - 1) * (0.5 + self._jitter.random())
+                await asyncio.sleep(delay)
+            self.stats.requests += 1
+            try:
+                async with self._semaphore:
+                    response = await client.post(path, json=body)
+            except httpx.TimeoutException:
+                error = ServerUnavailable(f"{url} did not answer within {self.timeout:g} s")
+                continue
+            except httpx.TransportError as transport_error:
+                error = ServerUnavailable(f"cannot reach {url}: {transport_error!r}")
+                continue
+            status = response.status_code
+            if status == 429 or status >= 500:
+                error = ServerUnavailable(f"{url} answered {status}: {response.text[:300]}")
+                continue
+            if status >= 400:
+                raise BadResponse(f"{url} rejected the request ({status}): {response.text[:500]}")
+            try:
+                return response.json()
+            except ValueError as json_error:
+                raise BadResponse(
+                    f"{url} answered with malformed JSON: {response.text[:200]!r}"
+                ) from json_error
+        error.add_note(f"after {self.retries + 1} tries")
+        raise error
+
+    async def _wait_until_ready(self, timeout: float) -> None:
+        client = self._ensure_client()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        last = "no answer"
+        while loop.time() < deadline:
+            try:
+                response = await client.get("/models", timeout=min(self.timeout, 5.0))
+                if response.status_code == 200:
+                    return
+                last = f"status {response.status_code}"
+            except httpx.TransportError as error:
+                last = repr(error)
+            await asyncio.sleep(0.2)
+        raise ServerUnavailable(f"{self.base_url} not ready after {timeout:g} s ({last})")
+
+    def _body(self, prompt: str, context: Context, **fields) -> dict:
+        body = {"model": self.model, "prompt": prompt, **self.server.sampling, **fields}
+        if isinstance(context, Chat):
+            # The rendered template already holds its special tokens.
+            body["add_special_tokens"] = False
+        body.update(self.sampling)
+        return body
+
+    async def _sample_all(
+        self, requests: Sequence[StepRequest], prompts: list[str], seeds: list[int]
+    ) -> list[StepResult | BaseException]:
+        # Sorted prompts put shared prefixes next to each other for the server's cache.
+        order = sorted(range(len(requests)), key=prompts.__getitem__)
+        tasks = {
+            j: asyncio.ensure_future(self._sample_one(requests[j], prompts[j], seeds[j]))
+            for j in order
+        }
+        done = await asyncio.gather(*(tasks[j] for j in order), return_exceptions=True)
+        outcomes: list = [None] * len(requests)
+        for j, outcome in zip(order, done, strict=True):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+                raise outcome
+            outcomes[j] = outcome
+        return outcomes
+
+    async def _sample_one(self, request: StepRequest, prompt: str, seed: int) -> StepResult:
+        fields = {
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "seed": seed,
+            "logprobs": 1,
+        }
+        if request.stop:
+            fields["stop"] = list(request.stop)
+        answer = await self._post("/completions", self._body(prompt, request.context, **fields))
+        sample = self._parse_sample(answer, request)
+        total = math.fsum(sample.log_probs)
+        self.stats.tokens_generated += len(sample.token_ids)
+        if request.temperature == 1.0:
+            logp = logq = total
+        else:
+            logq = total
+            logp = await self._score_one(ScoreRequest(request.context, sample.token_ids))
+        return StepResult(sample.text, sample.token_ids, logp, logq, sample.finished)
+
+    def _parse_sample(self, answer: dict, request: StepRequest) -> _Sample:
+        try:
+            choice = answer["choices"][0]
+            server_text = choice["text"]
+            finish_reason = choice.get("finish_reason")
+            logprobs = choice["logprobs"]
+            pieces = list(logprobs["tokens"])
+            values = [float(v) for v in logprobs["token_logprobs"]]
+        except (KeyError, IndexError, TypeError, ValueError) as error:
+            raise BadResponse(
+                f"completion answer without choices[0].text/logprobs ({error!r}): "
+                f"{str(answer)[:300]}"
+            ) from error
+        if len(pieces) != len(values) or not pieces:
+            raise BadResponse(
+                f"completion answer has {len(pieces)} tokens and {len(values)} log-probabilities"
+            )
+        if any(math.isnan(v) or v > 1e-4 for v in values):
+            raise BadResponse(f"invalid token log-probabilities from the server: {values}")
+        ids = [self._piece_to_id(p) for p in pieces]
+        if all(i is not None for i in ids):
+            token_ids = tuple(ids)
+            finished = token_ids[-1] in self.eos_token_ids
+            text = self.decode(token_ids[:-1] if finished else token_ids)
+        else:
+            # Some piece is ambiguous (part of a UTF-8 sequence): rebuild the text
+            # from the server's text and the stop string the pieces show; the
+            # token ids are then the text's canonical tokenization.
+            text = server_text + _stop_suffix("".join(pieces), request.stop)
+            token_ids = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            finished = False
+        stopped = any(s in text for s in request.stop)
+        if finish_reason == "stop" and not finished and not stopped:
+            # The step ended at an end-of-sequence token the answer does not list.
+            raise CapabilityError(
+                "the server ended a step at end-of-sequence without reporting that token's "
+                "log-probability, so the step's weight cannot be exact (llama-cpp-python's "
+                "server does this); end steps with stop strings, or use a server that reports "
+                "it (vLLM, SGLang)"
+            )
+        return _Sample(token_ids, text, values, finished)
+
+    async def _score_all(self, requests: Sequence[ScoreRequest]) -> list:
+        return await asyncio.gather(*(self._score_one(r) for r in requests), return_exceptions=True)
+
+    async def _score_one(self, request: ScoreRequest) -> float:
+        if not request.token_ids:
+            return 0.0
+        prefix = self.render(request.context)
+        continuation = self.decode(request.token_ids)
+        prompt = prefix + continuation
+        fields = {"max_tokens": 1, "temperature": 1.0, "seed": 0, "logprobs": 1, "echo": True}
+        answer = await self._post("/completions", self._body(prompt, request.context, **fields))
+        try:
+            logprobs = answer["choices"][0]["logprobs"]
+            pieces = list(logprobs["tokens"])
+            values = list(logprobs["token_logprobs"])
+            offsets = logprobs.get("text_offset") or _offsets(
+                [self.decode([i]) if (i := self._piece_to_id(p)) is not None else p for p in pieces]
+            )
+        except (KeyError, IndexError, TypeError) as error:
+            raise BadResponse(f"echo answer without logprobs ({error!r})") from error
+        start, end = len(prefix), len(prompt)
+        if start not in offsets:
+            raise CapabilityError(
+                "the server tokenized the context and the continuation across their boundary; "
+                "text prompts cannot score these tokens exactly"
+            )
+        selected = [k for k, offset in enumerate(offsets) if start <= offset < end]
+        ids = [self._piece_to_id(pieces[k]) for k in selected]
+        if len(selected) != len(request.token_ids) or (
+            all(i is not None for i in ids) and tuple(ids) != tuple(request.token_ids)
+        ):
+            raise CapabilityError(
+                "the server tokenized the continuation's text differently from its token ids "
+                "(a non-canonical tokenization); text prompts cannot score it exactly"
+            )
+        if any(values[k] is None for k in selected):
+            raise BadResponse("echo answer lacks the log-probability of a continuation token")
+        self.stats.tokens_scored += len(selected)
+        return math.fsum(float(values[k]) for k in selected)
+
+
+def _stop_suffix(generated: str, stop: tuple[str, ...]) -> str:
+    """From the earliest stop string in ``generated`` to its end ('' when none occurs)."""
+    positions = [generated.find(s) for s in stop if s in generated]
+    return generated[min(positions) :] if positions else ""
+
+
+def _offsets(pieces: Sequence[str]) -> list[int]:
+    offsets, position = [], 0
+    for piece in pieces:
+        offsets.append(position)
+        position += len(piece)
+    return offsets
