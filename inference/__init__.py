@@ -1,9 +1,22 @@
 """Inference engines over reasoning programs; each returns a ``ppl.Posterior``."""
 
+# ppl re-exports the engines from their modules: importing it first lets either
+# package be imported first (a Ray worker starts from inference.executors).
+import ppl  # noqa: F401
 from inference.beam import beam
+from inference.executors import DatasetRun, load_results, run_dataset
 from inference.importance import importance
 from inference.resampling import RESAMPLERS
 from inference.runs import run
 from inference.smc import smc
 
-__all__ = ["RESAMPLERS", "beam", "importance", "run", "smc"]
+__all__ = [
+    "RESAMPLERS",
+    "DatasetRun",
+    "beam",
+    "importance",
+    "load_results",
+    "run",
+    "run_dataset",
+    "smc",
+]

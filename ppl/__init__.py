@@ -14,7 +14,10 @@ Example:
     >>> ppl.smc(no_e, lm, "The", num_particles=16, seed=0).summary()  # doctest: +SKIP
 """
 
-from inference import beam, importance, run, smc
+from inference.beam import beam
+from inference.importance import importance
+from inference.runs import run
+from inference.smc import smc
 from ppl.distributions import LMStep
 from ppl.errors import (
     BackendError,
