@@ -521,14 +521,18 @@ class OpenAILM(LM):
         if any(math.isnan(v) or v > 1e-4 for v in values):
             raise BadResponse(f"invalid token log-probabilities from the server: {values}")
         ids = [self._piece_to_id(p) for p in pieces]
+        text = None
         if all(i is not None for i in ids):
             token_ids = tuple(ids)
             finished = token_ids[-1] in self.eos_token_ids
             text = self.decode(token_ids[:-1] if finished else token_ids)
-        else:
-            # Some piece is ambiguous (part of a UTF-8 sequence): rebuild the text
-            # from the server's text and the stop string the pieces show; the
-            # token ids are then the text's canonical tokenization.
+            by_text = not pieces[0].startswith(_TOKEN_ID_PREFIX)
+            if by_text and not text.startswith(server_text):
+                text = None  # a piece's text named another token (e.g. a dropped space)
+        if text is None:
+            # Some piece is ambiguous (part of a UTF-8 sequence) or named another
+            # token: rebuild the text from the server's text and the stop string
+            # the pieces show; the token ids are the text's canonical tokenization.
             text = server_text + _stop_suffix("".join(pieces), request.stop)
             token_ids = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
             finished = False

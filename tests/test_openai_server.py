@@ -132,6 +132,18 @@ def test_steps_match_the_model_and_keep_the_stop_string(lm, reference):
             assert len(r.token_ids) == 6
 
 
+def test_multibyte_characters_split_over_tokens_keep_their_text(lm, reference):
+    # Byte tokens of CJK characters come back as empty pieces: the text is
+    # rebuilt from the server's text instead.
+    results = lm.sample_steps(
+        [ppl.StepRequest("Chinese: 我喜欢", stop=(), max_tokens=6)] * 4, seed=0
+    )
+    assert any(ord(c) > 0x2E80 for r in results for c in r.text)
+    for r in results:
+        assert r.text and "\ufffd" not in r.text
+        assert r.text == reference.decode(r.token_ids) and math.isfinite(r.logp)
+
+
 def test_same_seed_same_steps(lm):
     requests = [ppl.StepRequest(PROMPT, stop=(".",), max_tokens=4)] * 3
     first = lm.sample_steps(requests, seed=4)
