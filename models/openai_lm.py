@@ -151,20 +151,26 @@ class OpenAILM(LM):
     """A model served over an OpenAI-compatible ``/v1/completions`` endpoint.
 
     ``base_url`` ends with ``/v1`` (as for the OpenAI client); ``model`` is the
-    served model's name; ``tokenizer`` is a Hugging Face tokenizer (or a local
-    directory holding one) for the served model: it renders chat templates,
-    decodes token ids and knows the end-of-sequence tokens (``eos_token_ids``
-    overrides them). ``server`` names a ``ServerProfile`` (``"vllm"``,
-    ``"sglang"``, ``"llama-cpp-python"``) or is one; ``logprobs`` overrides
-    its log-probability mode. ``sampling`` adds request fields (they override
+    served model's name (default: the one model the server lists);
+    ``tokenizer`` is a Hugging Face tokenizer, or a local directory holding
+    one, for the served model: it renders chat templates, decodes token ids
+    and knows the end-of-sequence tokens (``eos_token_ids`` overrides them).
+    By default it is loaded from the served model's name when that is a local
+    directory, a local GGUF file, or a model in the Hugging Face cache.
+    ``server`` names a ``ServerProfile`` (``"vllm"``, ``"sglang"``,
+    ``"llama-cpp-python"``) or is one; ``"auto"`` reads it from the
+    ``owned_by`` field of ``GET /models``. ``logprobs`` overrides the
+    profile's log-probability mode. ``sampling`` adds request fields (they override
     the profile's). ``timeout`` is per request in seconds; a request is tried
     ``1 + retries`` times, waiting ``backoff * 2**attempt`` seconds (with
     jitter) between tries.
 
     Example:
         >>> lm = OpenAILM("http://127.0.0.1:8000/v1", "Qwen/Qwen2.5-7B-Instruct",  # doctest: +SKIP
-        ...               tokenizer="/models/qwen2.5-7b-instruct", max_concurrency=64)
+        ...               tokenizer="/models/qwen2.5-7b-instruct", server="vllm",
+        ...               max_concurrency=64)
         >>> ppl.smc(program, lm, question, num_particles=64, seed=0)  # doctest: +SKIP
+        >>> lm = OpenAILM("http://127.0.0.1:8000/v1")  # doctest: +SKIP
     """
 
     # Same rendering as the local backends: the template's open assistant turn
@@ -174,10 +180,10 @@ class OpenAILM(LM):
     def __init__(
         self,
         base_url: str,
-        model: str,
+        model: str | None = None,
         *,
-        tokenizer,
-        server: str | ServerProfile = "vllm",
+        tokenizer=None,
+        server: str | ServerProfile = "auto",
         logprobs: str | None = None,
         eos_token_ids: Sequence[int] | None = None,
         api_key: str | None = None,
@@ -187,19 +193,13 @@ class OpenAILM(LM):
         retries: int = 3,
         backoff: float = 0.5,
     ):
-        if isinstance(server, str):
-            if server not in SERVERS:
-                raise InvalidArgumentError(
-                    f"unknown server {server!r}; choose one of {sorted(SERVERS)} "
-                    "or pass a models.ServerProfile"
-                )
-            server = SERVERS[server]
-        if logprobs is not None:
-            server = replace(server, logprobs=logprobs)
-        if server.logprobs not in ("raw", "processed"):
+        if isinstance(server, str) and server != "auto" and server not in SERVERS:
             raise InvalidArgumentError(
-                f"logprobs must be 'raw' or 'processed', got {server.logprobs!r}"
+                f"unknown server {server!r}; choose 'auto', one of {sorted(SERVERS)} "
+                "or pass a models.ServerProfile"
             )
+        if logprobs not in (None, "raw", "processed"):
+            raise InvalidArgumentError(f"logprobs must be 'raw' or 'processed', got {logprobs!r}")
         if not (isinstance(max_concurrency, int) and max_concurrency >= 1):
             raise InvalidArgumentError(
                 f"max_concurrency must be a positive int, got {max_concurrency!r}"
@@ -209,17 +209,7 @@ class OpenAILM(LM):
                 f"need timeout > 0, retries >= 0 and backoff >= 0; got {timeout!r}, "
                 f"{retries!r}, {backoff!r}"
             )
-        if isinstance(tokenizer, str | Path):
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer)
-        self.tokenizer = tokenizer
-        if eos_token_ids is None:
-            eos_token_ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
-        self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
         self.base_url = base_url.rstrip("/")
-        self.model = model
-        self.server = server
         self.api_key = api_key
         self.sampling = dict(sampling or {})
         self.max_concurrency = max_concurrency
@@ -231,6 +221,22 @@ class OpenAILM(LM):
         self._encoded: dict[Context, tuple[int, ...]] = {}
         self._piece_ids: dict[str, int] | None = None
         self._reset_connection()
+        if model is None or server == "auto" or tokenizer is None:
+            model, owner = self._served_model(model)
+            if server == "auto":
+                server = _server_of(owner, self.base_url)
+            if tokenizer is None:
+                tokenizer = _load_tokenizer(model)
+        self.model = model
+        self.server = SERVERS[server] if isinstance(server, str) else server
+        if logprobs is not None:
+            self.server = replace(self.server, logprobs=logprobs)
+        if isinstance(tokenizer, str | Path):
+            tokenizer = _load_tokenizer(str(tokenizer))
+        self.tokenizer = tokenizer
+        if eos_token_ids is None:
+            eos_token_ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+        self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
 
     def _reset_connection(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -405,8 +411,8 @@ class OpenAILM(LM):
             self._semaphore = asyncio.Semaphore(self.max_concurrency)
         return self._client
 
-    async def _post(self, path: str, body: dict) -> dict:
-        """POST with retries on transient failures; typed errors otherwise."""
+    async def _post(self, path: str, body: dict | None) -> dict:
+        """POST ``body`` (GET when None), retrying transient failures; typed errors otherwise."""
         client = self._ensure_client()
         url = f"{self.base_url}{path}"
         error: BackendError | None = None
@@ -418,7 +424,10 @@ class OpenAILM(LM):
             self.stats.requests += 1
             try:
                 async with self._semaphore:
-                    response = await client.post(path, json=body)
+                    if body is None:
+                        response = await client.get(path)
+                    else:
+                        response = await client.post(path, json=body)
             except httpx.TimeoutException:
                 error = ServerUnavailable(f"{url} did not answer within {self.timeout:g} s")
                 continue
@@ -439,6 +448,21 @@ class OpenAILM(LM):
                 ) from json_error
         error.add_note(f"after {self.retries + 1} tries")
         raise error
+
+    def _served_model(self, model: str | None) -> tuple[str, str | None]:
+        """The model to use and its ``owned_by``, from ``GET /models``."""
+        answer = self._run(self._post("/models", None))
+        try:
+            cards = [(card["id"], card.get("owned_by")) for card in answer["data"]]
+        except (KeyError, TypeError) as error:
+            raise BadResponse(f"GET {self.base_url}/models answered {str(answer)[:300]}") from error
+        if model is not None:
+            return model, dict(cards).get(model)
+        if len(cards) != 1:
+            raise InvalidArgumentError(
+                f"{self.base_url} serves {[c for c, _ in cards]}; pass model= to choose one"
+            )
+        return cards[0]
 
     async def _wait_until_ready(self, timeout: float) -> None:
         client = self._ensure_client()
@@ -586,6 +610,37 @@ class OpenAILM(LM):
             raise BadResponse("echo answer lacks the log-probability of a continuation token")
         self.stats.tokens_scored += len(selected)
         return math.fsum(float(values[k]) for k in selected)
+
+
+# ``owned_by`` in ``GET /models`` answers, by server family.
+_OWNERS = {"vllm": "vllm", "sglang": "sglang", "me": "llama-cpp-python"}
+
+
+def _server_of(owner: str | None, base_url: str) -> str:
+    if owner not in _OWNERS:
+        raise InvalidArgumentError(
+            f"cannot tell which server runs at {base_url} (its models are owned_by "
+            f"{owner!r}); pass server= one of {sorted(SERVERS)} or a models.ServerProfile"
+        )
+    return _OWNERS[owner]
+
+
+def _load_tokenizer(name: str):
+    """A tokenizer from a local directory, a local GGUF file or the Hugging Face cache."""
+    from transformers import AutoTokenizer
+
+    path = Path(name)
+    try:
+        if path.is_file() and path.suffix == ".gguf":
+            return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        if path.is_dir():
+            return AutoTokenizer.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise InvalidArgumentError(
+            f"no local tokenizer for {name!r} ({error}); pass tokenizer= a directory "
+            "holding the served model's tokenizer"
+        ) from error
 
 
 def _stop_suffix(generated: str, stop: tuple[str, ...]) -> str:

@@ -25,7 +25,7 @@ import ppl
 class ReferenceServer:
     """Serve ``lm`` on 127.0.0.1 at a free port until ``stop()``."""
 
-    def __init__(self, lm, *, logprobs: str = "raw"):
+    def __init__(self, lm, *, logprobs: str = "raw", model: str = "tiny", owner: str = "vllm"):
         self.lm = lm
         self.logprobs = logprobs
         self.delay = 0.0
@@ -50,7 +50,8 @@ class ReferenceServer:
 
             def do_GET(self):
                 if self.path == "/v1/models":
-                    self._send(200, {"object": "list", "data": [{"id": "tiny"}]})
+                    card = {"id": model, "object": "model", "owned_by": owner}
+                    self._send(200, {"object": "list", "data": [card]})
                 else:
                     self._send(404, {"error": "not found"})
 

@@ -5,12 +5,15 @@ compared exactly with the model's logits; fault injection covers retries,
 timeouts, malformed answers and particle-level failures.
 """
 
+import json
 import math
 import pickle
 import time
+from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 from conftest import make_tiny_lm
 from exactness import assert_matches_exact, assert_unbiased_evidence
 from openai_reference_server import ReferenceServer
@@ -18,7 +21,8 @@ from test_lm_exact import PROMPT, exact_two_steps, two_steps
 
 import models
 import ppl
-from models.openai_lm import OpenAILM
+from models.openai_lm import SERVERS, OpenAILM
+from ppl.cli import main
 
 EOS_ID = 0
 
@@ -32,6 +36,7 @@ def server():
 
 def client(served, **options) -> OpenAILM:
     options.setdefault("tokenizer", make_tiny_lm(seed=1).tokenizer)
+    options.setdefault("server", "vllm")
     return OpenAILM(served.url, "tiny", **options)
 
 
@@ -155,6 +160,44 @@ def test_what_http_cannot_do_exactly_raises_capability_errors(server):
         with pytest.raises(ppl.CapabilityError, match="cannot score"):
             lm.score_steps([ppl.ScoreRequest(PROMPT, (1,))])
     assert server.requests == 0
+
+
+def test_model_server_and_tokenizer_are_discovered(tmp_path):
+    reference = make_tiny_lm(seed=1)
+    reference.tokenizer.save_pretrained(tmp_path)
+    served = ReferenceServer(make_tiny_lm(seed=1), model=str(tmp_path))
+    unknown = ReferenceServer(make_tiny_lm(seed=1), owner="someone")
+    try:
+        with OpenAILM(served.url) as lm:
+            assert lm.model == str(tmp_path) and lm.server == SERVERS["vllm"]
+            assert lm.eos_token_ids == {0}
+            (result,) = lm.sample_steps([ppl.StepRequest(PROMPT, max_tokens=3)], seed=0)
+        expected = sum(token_logprobs(reference, PROMPT, result.token_ids))
+        assert result.logp == pytest.approx(expected, abs=1e-4)
+        with pytest.raises(ppl.InvalidArgumentError, match="cannot tell which server"):
+            OpenAILM(unknown.url, tokenizer=reference.tokenizer)
+        with pytest.raises(ppl.InvalidArgumentError, match="no local tokenizer for 'tiny'"):
+            OpenAILM(unknown.url, server="vllm")
+    finally:
+        served.stop()
+        unknown.stop()
+
+
+def test_ppl_run_with_an_openai_model(tmp_path):
+    make_tiny_lm(seed=1).tokenizer.save_pretrained(tmp_path / "tokenizer")
+    served = ReferenceServer(make_tiny_lm(seed=1), model=str(tmp_path / "tokenizer"))
+    program = f"{Path(__file__).parent / 'cli_programs.py'}:letters"
+    try:
+        result = CliRunner().invoke(
+            main,
+            ["run", program, "--input", "ab", "--model", f"openai:{served.url}"]
+            + ["--particles", "6", "--out", str(tmp_path / "run"), "--json"],
+        )
+    finally:
+        served.stop()
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["diagnostics"]["cost"]["tokens_generated"] > 0
+    assert served.requests >= 6
 
 
 def test_bad_options_are_rejected(server):

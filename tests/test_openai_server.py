@@ -144,6 +144,16 @@ def test_multibyte_characters_split_over_tokens_keep_their_text(lm, reference):
         assert r.text == reference.decode(r.token_ids) and math.isfinite(r.logp)
 
 
+def test_a_url_is_enough(server, lm):
+    # The server's model id is the GGUF path: the tokenizer is read from it.
+    with OpenAILM(f"http://127.0.0.1:{server}/v1") as discovered:
+        assert discovered.server == models.SERVERS["llama-cpp-python"]
+        assert discovered.model == str(embedded.gguf_path())
+        requests = [ppl.StepRequest(PROMPT, stop=(".",), max_tokens=4)] * 2
+        found = discovered.sample_steps(requests, seed=1)
+    assert [r.token_ids for r in found] == [r.token_ids for r in lm.sample_steps(requests, seed=1)]
+
+
 def test_same_seed_same_steps(lm):
     requests = [ppl.StepRequest(PROMPT, stop=(".",), max_tokens=4)] * 3
     first = lm.sample_steps(requests, seed=4)
