@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-integration lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,18 @@ demo: $(STAMP)
 # Passive OpenMP waiting: spinning threads stall badly when the machine is shared.
 test: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q
+
+# Integration tier: the llama.cpp backend, OpenAILM against a real llama.cpp
+# server, and Ray executors. pip builds llama.cpp from source (tens of minutes
+# on 2 cores), so the wheel is built once and cached. `make test` runs these
+# tests too whenever the packages are installed, and skips them otherwise.
+LLAMA_WHEELS ?= $(HOME)/.cache/pplscale/wheels
+test-integration: $(STAMP)
+	ls $(LLAMA_WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
+	  $(BIN)/pip wheel --no-deps -w $(LLAMA_WHEELS) llama-cpp-python==0.3.36
+	$(BIN)/pip install -q --find-links $(LLAMA_WHEELS) 'llama-cpp-python[server]==0.3.36' 'ray>=2.40'
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q tests/test_openai_server.py \
+	  tests/test_executors.py tests/test_openai_lm.py tests/test_llamacpp.py
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check . && $(BIN)/ruff check .

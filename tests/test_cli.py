@@ -20,7 +20,6 @@ from conftest import make_tiny_lm
 from tqdm import tqdm
 
 import inference
-import models
 import ppl
 from ppl.cli import _ProgressLM, main
 from ppl.recipes import load_program, load_recipe
@@ -408,13 +407,6 @@ def test_method_known_but_not_installed(tmp_path):
         pytest.skip("every known method is installed")
     result = toy("--method", missing[0], "--out", tmp_path)
     assert_fails(result, f"method {missing[0]!r} is not available in this installation")
-
-
-def test_openai_model_without_backend(tmp_path):
-    if hasattr(models, "OpenAILM"):
-        pytest.skip("models.OpenAILM is installed; its own tests cover it")
-    result = toy("--model", "openai:http://localhost:8000/v1", "--out", tmp_path)
-    assert_fails(result, "OpenAI-compatible backend is not available in this installation")
 
 
 @pytest.mark.parametrize(
