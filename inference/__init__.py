@@ -6,6 +6,7 @@ import ppl  # noqa: F401
 from inference.beam import beam
 from inference.executors import DatasetRun, load_results, run_dataset
 from inference.importance import importance
+from inference.mcmc import mh, parallel_tempering, particle_gibbs
 from inference.resampling import RESAMPLERS
 from inference.runs import run
 from inference.smc import smc
@@ -16,6 +17,9 @@ __all__ = [
     "beam",
     "importance",
     "load_results",
+    "mh",
+    "parallel_tempering",
+    "particle_gibbs",
     "run",
     "run_dataset",
     "smc",

@@ -23,6 +23,12 @@ from ppl.posterior import Cost, Posterior, Round, effective_sample_size, normali
 from ppl.runtime import as_program, execute, resolve_choices
 from ppl.trace import Trace
 
+# (traces, pending choices, rounds so far, generator) -> moved traces and pending choices
+Rejuvenate = Callable[
+    [list[Trace], list[PendingChoice | None], int, np.random.Generator],
+    tuple[list[Trace], list[PendingChoice | None]],
+]
+
 
 class BackendUsage:
     """The work each LM did during one run, from counter snapshots taken at first use.
@@ -70,10 +76,15 @@ def run_population(
     ess_threshold: float,
     seed: int | None,
     method: str,
+    rejuvenate: Rejuvenate | None = None,
 ) -> Posterior:
     """Run ``num_particles`` particles to completion; resample when ESS < threshold * N.
 
-    ``resampler=None`` never resamples (importance sampling).
+    ``resampler=None`` never resamples (importance sampling). ``rejuvenate``,
+    if given, is called after each resampling with the traces, their pending
+    choices, the number of rounds so far and the run's generator, and returns
+    moved traces and pending choices; it must leave the current intermediate
+    target invariant, so the equal weights stay proper.
     """
     num_particles = check_positive_int("num_particles", num_particles)
     prog = as_program(program)
@@ -139,6 +150,8 @@ def run_population(
             pending = [pending[j] for j in indices]
             log_weights = np.full(num_particles, log_mean_weight)
             ancestors, resampled = tuple(int(j) for j in indices), True
+            if rejuvenate is not None:
+                traces, pending = rejuvenate(traces, pending, len(ess_history), rng)
 
     cost = usage.cost() + Cost(
         verifier_calls=verifier_calls, wall_seconds=time.perf_counter() - started

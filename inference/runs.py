@@ -13,9 +13,16 @@ from ppl.posterior import Posterior
 
 def _methods() -> dict[str, Callable]:
     from inference.importance import importance
+    from inference.mcmc import mh, parallel_tempering, particle_gibbs
     from inference.smc import smc
 
-    return {"importance": importance, "smc": smc}
+    return {
+        "importance": importance,
+        "mh": mh,
+        "parallel_tempering": parallel_tempering,
+        "particle_gibbs": particle_gibbs,
+        "smc": smc,
+    }
 
 
 def run(

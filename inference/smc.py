@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
+
+from inference.mcmc.rejuvenation import Rejuvenation
 from inference.population import run_population
 from inference.resampling import get_resampler
 from ppl.errors import InvalidArgumentError
@@ -39,18 +42,34 @@ def smc(
     every particle reaches weight zero the run returns an empty posterior
     (``is_empty``, ``log_evidence == -inf``) rather than raising.
 
+    Resample-move: with ``rejuvenation_steps=k``, every resampling is followed
+    by ``k`` Metropolis-Hastings moves per particle that leave the round's
+    intermediate target invariant (see ``inference.mcmc.Rejuvenation``: the
+    latest random choice first, then earlier ones, each re-drawn with what
+    follows it). Weights are unchanged, so the estimates and the unbiasedness
+    of ``exp(log_evidence)`` hold as without moves, while copies of one
+    ancestor spread out again. ``info["rejuvenation_acceptance_rate"]``
+    reports how many moves were accepted; the genealogy records the draws of
+    each round, not the moves.
+
     Example:
         >>> post = ppl.smc(lipogram, lm, "The", num_particles=16, seed=0)  # doctest: +SKIP
         >>> print(post.summary())                                       # doctest: +SKIP
     """
     if not 0.0 <= ess_threshold <= 1.0:
         raise InvalidArgumentError(f"ess_threshold must be in [0, 1], got {ess_threshold!r}")
-    if rejuvenation_steps != 0:
+    if (
+        isinstance(rejuvenation_steps, bool)
+        or not isinstance(rejuvenation_steps, int | np.integer)
+        or rejuvenation_steps < 0
+    ):
         raise InvalidArgumentError(
-            "rejuvenation_steps > 0 (resample-move SMC) needs MCMC moves, which this "
-            "version does not provide; use rejuvenation_steps=0"
+            f"rejuvenation_steps must be a non-negative integer, got {rejuvenation_steps!r}"
         )
-    return run_population(
+    rejuvenation = (
+        Rejuvenation(program, args, kwargs, int(rejuvenation_steps)) if rejuvenation_steps else None
+    )
+    posterior = run_population(
         program,
         args,
         kwargs,
@@ -59,4 +78,11 @@ def smc(
         ess_threshold=ess_threshold,
         seed=seed,
         method="smc",
+        rejuvenate=rejuvenation,
     )
+    if rejuvenation is not None:
+        # The population counted the moves' LM work (same models); add their memo calls.
+        posterior.cost.verifier_calls += rejuvenation.runner.verifier_calls
+        posterior.info["rejuvenation_steps"] = int(rejuvenation_steps)
+        posterior.info["rejuvenation_acceptance_rate"] = rejuvenation.acceptance_rate
+    return posterior

@@ -16,6 +16,7 @@ Example:
 
 from inference.beam import beam
 from inference.importance import importance
+from inference.mcmc import mh, parallel_tempering, particle_gibbs
 from inference.runs import run
 from inference.smc import smc
 from ppl.distributions import LMStep
@@ -93,7 +94,10 @@ __all__ = [
     "factor",
     "importance",
     "memo",
+    "mh",
     "observe",
+    "parallel_tempering",
+    "particle_gibbs",
     "program",
     "run",
     "sample",

@@ -163,7 +163,12 @@ class Posterior:
 
     @property
     def log_evidence(self) -> float:
-        """Estimate of log Z: log of the mean of the runs' unbiased Z estimates."""
+        """Estimate of log Z: log of the mean of the runs' unbiased Z estimates.
+
+        NaN when a run has no estimate (MCMC chains estimate expectations, not Z).
+        """
+        if np.isnan(self.log_evidences).any():
+            return math.nan
         if not np.isfinite(self.log_evidences).any():
             return -math.inf
         return float(logsumexp(self.log_evidences) - math.log(len(self.log_evidences)))
@@ -174,8 +179,11 @@ class Posterior:
 
         Across runs when there are two or more; for one run without resampling
         (importance sampling) from the weights, ``sqrt(1/ESS - 1/N)``; NaN for a
-        single SMC run that resampled (use ``ppl.run(..., num_runs=K)``).
+        single SMC run that resampled (use ``ppl.run(..., num_runs=K)``) and
+        for runs without an evidence estimate (MCMC).
         """
+        if np.isnan(self.log_evidences).any():
+            return math.nan
         if self.num_runs >= 2:
             if not np.isfinite(self.log_evidences).any():
                 return math.nan
@@ -283,13 +291,15 @@ class Posterior:
             lines.append("(empty posterior: every particle has weight zero)")
         se = self.log_evidence_se
         se_text = "n/a" if math.isnan(se) else f"{se:.3f}"
+        log_z = self.log_evidence
+        log_z_text = "n/a" if math.isnan(log_z) else f"{log_z:.3f}"
         resamplings = sum(r.resampled for rounds in self.rounds for r in rounds)
         c = self.cost
         lines += [
             "",
             f"method        {self.method}   runs {self.num_runs}   particles {self.num_particles}",
             f"ESS           {self.ess:.2f}",
-            f"log evidence  {self.log_evidence:.3f} +/- {se_text}",
+            f"log evidence  {log_z_text} +/- {se_text}",
             f"resamplings   {resamplings}",
             f"tokens        {c.tokens_generated} generated, {c.tokens_prefilled} prefilled, "
             f"{c.tokens_scored} scored   LM calls {c.lm_calls}   verifier calls "

@@ -1,0 +1,120 @@
+"""Single-site trace Metropolis-Hastings over reasoning programs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from inference.mcmc.chains import default_scan_length, run_chains
+from inference.mcmc.kernel import (
+    Runner,
+    chain_posterior,
+    check_burn_in,
+    check_proposal,
+    initial_states,
+    states_from_traces,
+)
+from inference.population import check_positive_int
+from ppl.errors import InvalidArgumentError
+from ppl.posterior import Posterior
+from ppl.trace import Trace
+
+
+def mh(
+    program: Callable,
+    *args,
+    num_steps: int,
+    num_chains: int = 4,
+    burn_in: int = 0,
+    proposal: str = "regenerate",
+    init_particles: int = 4,
+    initial: Sequence[Trace] | None = None,
+    scan_length: int | None = None,
+    seed: int | None = None,
+    **kwargs,
+) -> Posterior:
+    """Trace Metropolis-Hastings: regenerate one random choice per step, in a fixed scan.
+
+    What it estimates: each chain is a Markov chain whose stationary
+    distribution is the program's posterior over complete traces,
+    ``pi(trace) ∝ prod p(choices) * prod factors`` (``ppl.step`` under the
+    model at temperature 1; twists guide SMC only and are not part of ``pi``).
+    After ``burn_in`` steps, the averages of its samples converge to
+    expectations under ``pi``; the chains' spread gives R-hat and effective
+    sample sizes (``posterior.to_arviz()``: chain = chain, draw = step).
+
+    Step ``s`` of every chain revisits random choice ``s mod scan_length`` of
+    its trace (choices in visit order; ``scan_length`` defaults to the most
+    choices in any initial trace) and proposes a new value for it from the
+    program's own proposal:
+
+    - ``proposal="regenerate"`` re-draws every later choice too, and accepts
+      with probability ``min(1, w(new suffix) / w(old suffix))``, ``w`` the
+      importance weight (``p / q`` times the factors) of the re-run part.
+    - ``proposal="rescore"`` keeps each later choice the program makes again
+      (same site name and kind; for ``ppl.step``, the same model, stop strings
+      and ``max_tokens`` with the model itself as proposal), re-scores the kept
+      steps under the new prefix in one batched ``score_steps`` call, and
+      draws the rest. The acceptance ratio includes the factors, conditions
+      and the proposal densities of the discarded and fresh choices.
+
+    A chain with no such choice (a shorter trace) stays put for that step.
+    Chains move in lock-step: each round of fresh draws is one batched call
+    per model for all chains. Chains start from a trace picked by weight
+    among ``init_particles`` runs of the program (or from ``initial``, one
+    complete trace per chain).
+
+    Output: ``num_steps - burn_in`` equally weighted samples per chain
+    (``log_weights`` are 0, ``run_index`` is the chain). MCMC does not
+    estimate the evidence: ``log_evidence`` is NaN. ``info`` holds each
+    chain's ``acceptance_rate``.
+
+    Example:
+        >>> post = ppl.mh(solve, lm, question, num_steps=200, burn_in=50,  # doctest: +SKIP
+        ...               num_chains=4, seed=0)
+        >>> post.answer_distribution()                                    # doctest: +SKIP
+    """
+    num_steps = check_positive_int("num_steps", num_steps)
+    num_chains = check_positive_int("num_chains", num_chains)
+    burn_in = check_burn_in(burn_in, num_steps, "num_steps")
+    proposal = check_proposal(proposal)
+    init_particles = check_positive_int("init_particles", init_particles)
+    seed_sequence = np.random.SeedSequence(seed)
+    rng = np.random.default_rng(seed_sequence)
+    runner = Runner(program, args, kwargs)
+    states = start_states(runner, num_chains, init_particles, initial, rng)
+    if scan_length is None:
+        scan_length = default_scan_length(states)
+    samples, stats = run_chains(
+        runner,
+        states,
+        (1.0,),
+        num_steps=num_steps,
+        burn_in=burn_in,
+        proposal=proposal,
+        scan_length=scan_length,
+        rng=rng,
+    )
+    info = {
+        "seed": seed_sequence.entropy,
+        "num_chains": num_chains,
+        "num_steps": num_steps,
+        "burn_in": burn_in,
+        "proposal": proposal,
+        "scan_length": scan_length,
+        "acceptance_rate": [rates[0] for rates in stats["acceptance_rate"]],
+    }
+    return chain_posterior(runner, samples, "mh", info)
+
+
+def start_states(runner, count: int, init_particles: int, initial, rng):
+    """Initial states: the given traces, or one picked by weight among forward runs."""
+    if initial is None:
+        return initial_states(runner, count, init_particles, rng)
+    initial = list(initial)
+    if len(initial) != count:
+        raise InvalidArgumentError(
+            f"initial has {len(initial)} traces; pass one per chain ({count})"
+        )
+    return states_from_traces(runner, initial)
