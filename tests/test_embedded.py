@@ -97,3 +97,25 @@ def test_arithmetic_example_checks_each_line(smollm):
                 assert site.value == arithmetic.calculator_check(*equation)
                 penalty = trace[f"calculator_{line}_{index}"].value
                 assert penalty == (0.0 if site.value else math.log(0.05))
+
+
+def test_particle_gibbs_example_reports_diagnostics(smollm, monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    example = load_example("arithmetic_pg")
+    posterior = ppl.particle_gibbs(
+        example.arithmetic,
+        smollm,
+        example.QUESTION,
+        2,
+        num_particles=2,
+        num_iterations=3,
+        num_chains=2,
+        burn_in=1,
+        seed=0,
+    )
+    assert posterior.num_runs == 2 and posterior.num_particles == 4
+    assert math.isnan(posterior.log_evidence)
+    text = example.report(posterior)
+    assert "R-hat" in text and "update rate per line" in text
+    for answer in set(posterior.answers):
+        assert repr(answer) in text

@@ -142,7 +142,7 @@ def test_user_exceptions_propagate_with_the_particle():
         (lambda p: ppl.smc(p, num_particles=0, seed=0), "num_particles"),
         (lambda p: ppl.smc(p, num_particles=4, ess_threshold=1.5, seed=0), "ess_threshold"),
         (lambda p: ppl.smc(p, num_particles=4, resample="bogus", seed=0), "bogus"),
-        (lambda p: ppl.smc(p, num_particles=4, rejuvenation_steps=2, seed=0), "rejuvenation"),
+        (lambda p: ppl.smc(p, num_particles=4, rejuvenation_steps=-1, seed=0), "rejuvenation"),
         (lambda p: ppl.run("nope", p, num_runs=2, num_particles=2), "unknown method"),
         (lambda p: ppl.run("smc", p, num_runs=0, num_particles=2), "num_runs"),
     ],

@@ -17,8 +17,9 @@ def chain_diagnostics(posterior: Posterior) -> dict[Any, dict[str, float]]:
     For posteriors of equally weighted chains (``mh``, ``particle_gibbs``,
     ``parallel_tempering``; chain = run, draws in order). The statistics are
     ArviZ's rank-normalized split R-hat, bulk ESS and the MCSE of the mean of
-    the answer's indicator. An answer that every draw has (or none) has MCSE 0
-    and undefined (NaN) R-hat and ESS.
+    the answer's indicator. An answer that every draw has has MCSE 0 and
+    undefined (NaN) R-hat and ESS; R-hat is inf when every chain stays on one
+    value but the chains disagree.
 
     Example:
         >>> post = ppl.mh(coin, num_steps=500, num_chains=4, seed=0)  # doctest: +SKIP
@@ -47,10 +48,12 @@ def chain_diagnostics(posterior: Posterior) -> dict[Any, dict[str, float]]:
         if probability in (0.0, 1.0):
             stats = {"mcse": 0.0, "rhat": math.nan, "ess": math.nan}
         else:
-            stats = {
-                "mcse": float(az.mcse(draws)),
-                "rhat": float(az.rhat(draws)),
-                "ess": float(az.ess(draws)),
-            }
+            # Chains each stuck on one value have no within-chain variance: R-hat is inf.
+            with np.errstate(divide="ignore", invalid="ignore"):
+                stats = {
+                    "mcse": float(az.mcse(draws)),
+                    "rhat": float(az.rhat(draws)),
+                    "ess": float(az.ess(draws)),
+                }
         result[answer] = {"probability": probability, **stats}
     return result

@@ -411,6 +411,13 @@ def _rerun(runner: Runner, walk: Walk) -> None:
                 site = walk.sites[k] = replace(site, value=step)
             if pending is None or pending.name != site.name:
                 raise ReplayDivergenceError(f"the program did not reach site {site.name!r} again")
+            # Step requests are checked by replay; a sample site's density is checked here.
+            if site.kind == "sample" and not math.isclose(
+                _log_density(pending.fn, site.value), site.log_prob, rel_tol=1e-9, abs_tol=1e-9
+            ):
+                raise ReplayDivergenceError(
+                    f"the distribution of sample site {site.name!r} changed on re-running"
+                )
             if choices is not None:
                 choices.append(pending)
             positions.append(len(trace.sites))

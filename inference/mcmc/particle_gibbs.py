@@ -21,7 +21,7 @@ from inference.mcmc.kernel import (
 from inference.mcmc.mh import start_states
 from inference.population import check_positive_int
 from ppl.errors import EmptyPosteriorError, InvalidArgumentError
-from ppl.posterior import Posterior, normalized_weights
+from ppl.posterior import Posterior
 from ppl.trace import Trace
 
 _START_ATTEMPTS = 20
@@ -174,7 +174,7 @@ def conditional_smc(
             running = any(pending[i] is not None and log_weights[i] > -math.inf for i in block)
             if not running or not np.isfinite(block_weights).any():
                 continue
-            probabilities = normalized_weights(block_weights)
+            probabilities = _probabilities(block_weights)
             if reference is None:
                 ancestors = rng.choice(n, size=n, p=probabilities)
             else:
@@ -229,7 +229,7 @@ def _sample_ancestor(runner, reference, base, n, traces, pending, choices, log_w
             "ancestor sampling found no particle that can continue the reference trace, "
             "not even the reference itself; the program is not deterministic given its choices"
         )
-    ancestor = int(rng.choice(n, p=normalized_weights(log_as)))
+    ancestor = int(rng.choice(n, p=_probabilities(log_as)))
     return ancestor, walks[candidates.index(base + ancestor)].state
 
 
@@ -237,7 +237,7 @@ def _select(sweep: tuple[list[State], np.ndarray], rng: np.random.Generator) -> 
     states, log_weights = sweep
     if not np.isfinite(log_weights).any():
         return None
-    return states[int(rng.choice(len(states), p=normalized_weights(log_weights)))]
+    return states[int(rng.choice(len(states), p=_probabilities(log_weights)))]
 
 
 def _count_changes(changes: list[float], old: Trace, new: Trace) -> None:
@@ -269,3 +269,9 @@ def _same_value(a, b) -> bool:
 def _log_mean_exp(log_weights: np.ndarray) -> float:
     top = np.max(log_weights)
     return float(top + np.log(np.mean(np.exp(log_weights - top))))
+
+
+def _probabilities(log_weights: np.ndarray) -> np.ndarray:
+    """Normalized weights of a block with at least one finite log weight."""
+    weights = np.exp(log_weights - np.max(log_weights))
+    return weights / weights.sum()
