@@ -68,8 +68,8 @@ def beam(
 
     The returned posterior's ``log_weights`` are the final beams' scores, so
     ``answer_distribution()`` is a score-weighted vote over them and
-    ``best_of_n_answer()`` the best beam's answer. Its ``log_evidence`` is
-    not an estimate of the normalizing constant.
+    ``best_of_n_answer()`` the best beam's answer. Search gives no estimate
+    of the normalizing constant, so ``log_evidence`` is NaN (shown as n/a).
 
     Example:
         >>> post = ppl.beam(solve, lm, question, beam_width=4, num_expansions=4,  # doctest: +SKIP
@@ -173,6 +173,7 @@ def beam(
     return Posterior(
         [b.trace for b in beams],
         [b.score for b in beams],
+        log_evidences=[math.nan],
         ess_history=[ess_history],
         rounds=[rounds],
         cost=cost,
