@@ -22,7 +22,7 @@ from tqdm import tqdm
 import inference
 import ppl
 from ppl.cli import _ProgressLM, main
-from ppl.recipes import load_program, load_recipe
+from ppl.recipes import available_methods, load_program, load_recipe, resolve_method
 from ppl.report import rundir
 
 HERE = Path(__file__).parent
@@ -251,7 +251,8 @@ kwargs = {{ bias = 0.0 }}
 @pytest.mark.parametrize("path", sorted(RECIPES.glob("*.toml")), ids=lambda p: p.stem)
 def test_shipped_recipes_resolve(path):
     spec = load_recipe(path)
-    assert spec.method in ("importance", "smc") and spec.model == "default"
+    assert spec.method in available_methods() and spec.model == "default"
+    resolve_method(spec.method, spec.parameters)
     assert isinstance(load_program(spec.program), ppl.Program)
     assert spec.dataset is None or Path(spec.dataset).is_file()
 

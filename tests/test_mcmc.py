@@ -25,6 +25,7 @@ from test_lm_exact import PROMPT, exact_two_steps, two_steps
 import ppl
 from inference.mcmc import chain_diagnostics
 from ppl.posterior import Posterior
+from ppl.report.labels import answer_label
 
 # --- a toy whose structure depends on its first choice --------------------
 PRIOR = [0.45, 0.35, 0.2]
@@ -456,6 +457,12 @@ def test_chain_posteriors_have_no_evidence_and_export_chains(tmp_path):
     assert "log evidence  n/a +/- n/a" in posterior.summary()
     idata = posterior.to_arviz()
     assert idata.posterior.sizes["chain"] == 4 and idata.posterior.sizes["draw"] == 40
+    # Draws stay in chain order, so ArviZ sees the chains' autocorrelation.
+    label = idata.posterior["answer"].values[0]
+    drawn = idata.posterior["answer_indicator"].sel(answer=label).values
+    answer = next(a for a in posterior.answers if answer_label(a) == label)
+    ordered = np.array([a == answer for a in posterior.answers], dtype=float).reshape(4, 40)
+    np.testing.assert_array_equal(drawn, ordered)
     path = tmp_path / "mh.json"
     posterior.save(path)
     loaded = Posterior.load(path)

@@ -571,7 +571,11 @@ def states_from_traces(runner: Runner, traces: Sequence[Trace]) -> list[State]:
 def chain_posterior(
     runner: Runner, samples: Sequence[Sequence[Trace]], method: str, info: dict
 ) -> Posterior:
-    """Chains of equally weighted samples as a posterior: one run per chain, no evidence."""
+    """Chains of equally weighted samples as a posterior: one run per chain, no evidence.
+
+    ``info["draws_in_order"]`` tells exporters (``to_arviz``) that each run's
+    particles are a chain's draws in order, to be kept as they are.
+    """
     num_chains = len(samples)
     return Posterior(
         [trace for chain in samples for trace in chain],
@@ -580,5 +584,5 @@ def chain_posterior(
         log_evidences=np.full(num_chains, math.nan),
         cost=runner.cost(),
         method=method,
-        info=info,
+        info={**info, "draws_in_order": True},
     )

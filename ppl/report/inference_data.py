@@ -4,7 +4,9 @@ Weighted particles are not ArviZ draws, so the ``posterior`` group holds an
 equal-weight resample of each run (systematic resampling, then a random
 permutation so that copies of one particle are not adjacent, which would
 otherwise look like autocorrelation to R-hat and ESS). ``sample_stats`` keeps
-the weighted sample itself, in particle order.
+the weighted sample itself, in particle order. MCMC chains
+(``info["draws_in_order"]``) are already equal-weight draws whose order
+carries their autocorrelation, so they are exported as they are.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ def equal_weight_draws(posterior: Posterior, seed: int = 0) -> np.ndarray:
         (1, 8)
     """
     members = run_members(posterior)
+    if posterior.info.get("draws_in_order"):
+        return members
     rng = np.random.default_rng(seed)
     draws = np.full(members.shape, -1)
     num_draws = members.shape[1]
@@ -115,7 +119,9 @@ def to_inference_data(posterior: Posterior, *, seed: int = 0):
         attrs={
             "inference_library": "pplscale",
             "method": posterior.method,
-            "draws": f"equal-weight systematic resample of each run (seed {seed})",
+            "draws": "MCMC draws in chain order"
+            if posterior.info.get("draws_in_order")
+            else f"equal-weight systematic resample of each run (seed {seed})",
         },
     )
 
