@@ -51,6 +51,7 @@ METHODS: dict[str, str] = {
     "beam": "beam_width",
     "particle_gibbs": "num_particles",
     "mh": "num_steps",
+    "parallel_tempering": "num_steps",
 }
 MODELS = "default, hf:DIR, openai:URL or none"
 RECIPE_KEYS = (
