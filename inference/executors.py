@@ -81,18 +81,10 @@ def run_dataset(
         >>> run_dataset(problems, make_runner, out_dir="results",  # doctest: +SKIP
         ...             executor="ray", workers=8)
     """
-    if executor not in ("local", "ray"):
-        raise InvalidArgumentError(f"executor must be 'local' or 'ray', got {executor!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise InvalidArgumentError(f"workers must be a positive int, got {workers!r}")
-    if executor == "local" and workers != 1:
-        raise InvalidArgumentError(
-            f"executor='local' runs problems one at a time in this process (workers=1), got "
-            f"workers={workers}; use executor='ray' for parallel workers"
-        )
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     keyed = _keyed(problems)
+    _check_executor(executor, workers)
+    out.mkdir(parents=True, exist_ok=True)
     run = DatasetRun()
     pending = []
     for key, problem in keyed:
@@ -114,11 +106,71 @@ def run_dataset(
         _write_atomic(out / f"{key}.error.json", {"id": key, "error": message})
         run.failed[key] = message
 
-    if executor == "local":
-        _run_local(pending, make_runner, finish, fail)
-    else:
-        _run_ray(pending, make_runner, finish, fail, workers, ray_address, dict(ray_init or {}))
+    map_problems(
+        pending,
+        make_runner,
+        finish,
+        fail,
+        executor=executor,
+        workers=workers,
+        ray_address=ray_address,
+        ray_init=ray_init,
+    )
     return run
+
+
+def map_problems(
+    tasks: Sequence[tuple[str, Mapping]],
+    make_runner: Callable[[], Runner],
+    on_result: Callable[[str, object], None],
+    on_error: Callable[[str, str], None],
+    *,
+    executor: str = "local",
+    workers: int = 1,
+    ray_address: str | None = None,
+    ray_init: Mapping | None = None,
+) -> None:
+    """Run each ``(key, problem)`` task; report each outcome in this process as it arrives.
+
+    The engine under ``run_dataset`` for callers that store results their own
+    way (``ppl run --dataset`` writes a run directory per problem).
+    ``on_result(key, result)`` gets what ``run_one(problem)`` returned (for
+    Ray, after a round trip through pickle); ``on_error(key, message)`` gets
+    the traceback text of a problem that raised, or why its Ray actor died.
+    Neither is called concurrently, and one failing problem never stops the
+    others. ``executor``, ``workers``, ``ray_address`` and ``ray_init`` are as
+    for ``run_dataset``.
+
+    Example:
+        >>> answers = {}
+        >>> map_problems(
+        ...     [("a", {"x": 2}), ("b", {"x": 3})],
+        ...     lambda: lambda problem: problem["x"] ** 2,
+        ...     answers.__setitem__,
+        ...     print,
+        ... )
+        >>> answers
+        {'a': 4, 'b': 9}
+    """
+    _check_executor(executor, workers)
+    if executor == "local":
+        _run_local(tasks, make_runner, on_result, on_error)
+    else:
+        _run_ray(
+            tasks, make_runner, on_result, on_error, workers, ray_address, dict(ray_init or {})
+        )
+
+
+def _check_executor(executor: str, workers: int) -> None:
+    if executor not in ("local", "ray"):
+        raise InvalidArgumentError(f"executor must be 'local' or 'ray', got {executor!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise InvalidArgumentError(f"workers must be a positive int, got {workers!r}")
+    if executor == "local" and workers != 1:
+        raise InvalidArgumentError(
+            f"executor='local' runs problems one at a time in this process (workers=1), got "
+            f"workers={workers}; use executor='ray' for parallel workers"
+        )
 
 
 def load_results(out_dir: str | os.PathLike) -> dict[str, object]:

@@ -5,6 +5,7 @@ Examples::
     ppl run examples/recipes/lipogram.toml --out runs/lipogram
     ppl run examples/lipogram.py:lipogram --input "The cat" --method smc --particles 32
     ppl run prog.py:solve --dataset problems.jsonl --runs 4 --out runs/solve
+    ppl run prog.py:solve --dataset problems.jsonl --executor ray --workers 8
     ppl report runs/lipogram
 
 Exit status: 0 on success, 1 when the run fails (the reason is one line on
@@ -18,7 +19,9 @@ import hashlib
 import json
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -138,13 +141,15 @@ class Output:
         sys.exit(1)
 
 
-def _reason(error: Exception) -> str:
+def _reason(error: Exception, *, hint: bool = True) -> str:
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     notes = [n for n in getattr(error, "__notes__", ()) if n.startswith("while running")]
     if notes:
         text += f" ({notes[0]})"
     if not isinstance(error, PPLError | OSError):
-        text = f"{type(error).__name__}: {text} (rerun with --debug for the traceback)"
+        text = f"{type(error).__name__}: {text}"
+        if hint:
+            text += " (rerun with --debug for the traceback)"
     return text
 
 
@@ -182,6 +187,24 @@ def _site_text(site) -> str:
     type=click.IntRange(min=1),
     help="Independent runs, pooled; needed for R-hat and log-evidence SE. [default: 1]",
 )
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="With --dataset: run problems in this process, or on Ray workers "
+    "(pip install 'pplscale[ray]').",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="With --executor ray: Ray workers, each loading its own model. [default: 2]",
+)
+@click.option(
+    "--ray-address",
+    help="With --executor ray: the cluster to join ('auto', or HOST:PORT); "
+    "default: a local cluster started for the run.",
+)
 @click.option("--model", help=f"Language model: {MODELS}. [default: default]")
 @click.option("--seed", type=int, help="Random seed. [default: 0]")
 @click.option(
@@ -205,6 +228,9 @@ def run(
     method: str | None,
     particles: int | None,
     runs: int | None,
+    executor: str,
+    workers: int | None,
+    ray_address: str | None,
     model: str | None,
     seed: int | None,
     params: Sequence[str],
@@ -219,6 +245,8 @@ def run(
     """
     if sum(x is not None for x in (input_text, input_json, dataset)) > 1:
         raise click.UsageError("give at most one of --input, --input-json and --dataset")
+    if executor == "local" and (workers is not None or ray_address is not None):
+        raise click.UsageError("--workers and --ray-address need --executor ray")
     if target.endswith(".toml"):
         spec = load_recipe(target)
     else:
@@ -243,18 +271,15 @@ def run(
             f"program keyword argument(s) {', '.join(clashes)} clash with method parameters"
         )
     problems = _read_dataset(Path(spec.dataset)) if spec.dataset else None
+    if executor == "ray" and problems is None:
+        raise click.UsageError("--executor ray spreads the problems of a --dataset over workers")
     rundir.ensure_writable(out_dir)
     program = load_program(spec.program)
-    lm = load_model(spec.model)
+    lm = None if executor == "ray" else load_model(spec.model)
 
     def infer(args: list[Any], kwargs: dict[str, Any], seed: int, bar) -> ppl.Posterior:
         call_lm = lm if lm is None or bar is None else _ProgressLM(lm, bar)
-        method_kwargs = {size: spec.particles, **spec.parameters, **kwargs}
-        if spec.runs == 1:
-            return engine(program, call_lm, *args, seed=seed, **method_kwargs)
-        return ppl.run(
-            engine, program, call_lm, *args, num_runs=spec.runs, seed=seed, **method_kwargs
-        )
+        return _infer(spec, engine, size, program, call_lm, args, kwargs, seed)
 
     if problems is None:
         # Population engines make one batched LM call per round: count those.
@@ -281,47 +306,76 @@ def run(
             }
         )
         return
-    summary = _run_dataset(spec, problems, out_dir, infer, output)
+    placement = _Placement(executor, workers or 2, ray_address)
+    summary = _run_dataset(spec, problems, out_dir, infer, placement, output)
     output.result({"out": str(out_dir), **summary})
 
 
-def _run_dataset(spec: RunSpec, problems, out_dir: Path, infer, output: Output) -> dict:
+def _infer(spec: RunSpec, engine, size: str, program, lm, args, kwargs, seed: int):
+    method_kwargs = {size: spec.particles, **spec.parameters, **kwargs}
+    if spec.runs == 1:
+        return engine(program, lm, *args, seed=seed, **method_kwargs)
+    return ppl.run(engine, program, lm, *args, num_runs=spec.runs, seed=seed, **method_kwargs)
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where a dataset's problems run: here, or on Ray workers."""
+
+    executor: str
+    workers: int
+    ray_address: str | None
+
+
+def _run_dataset(
+    spec: RunSpec, problems, out_dir: Path, infer, placement: _Placement, output: Output
+) -> dict:
     """Run every problem not already finished in ``out_dir``; save each as it finishes."""
     metadata = _metadata(spec)
-    done = skipped = 0
-    with output.progress(total=len(problems), desc="problems", unit="problem") as bar:
-        for index, (args, kwargs, expected) in enumerate(problems):
+    pending = []
+    for index, (args, kwargs, expected) in enumerate(problems):
+        directory = rundir.problem_dir(out_dir, index)
+        problem_spec = spec.merged(args=args, kwargs=kwargs, dataset=None)
+        fingerprint = _fingerprint(problem_spec)
+        if (directory / rundir.RESULT_FILE).is_file():
+            previous = rundir.read_result(directory)
+            if previous.get("metadata", {}).get("fingerprint") != fingerprint:
+                raise RecipeError(
+                    f"{directory} holds the result of a different run (other program, "
+                    "options or dataset); use another --out"
+                )
+            continue
+        seed = int(np.random.SeedSequence([spec.seed, index]).generate_state(1)[0])
+        problem_metadata = {
+            **_metadata(problem_spec),
+            "dataset": spec.dataset,
+            "index": index,
+            "problem_seed": seed,
+            "input_text": " ".join(map(str, args)) or json.dumps(kwargs),
+            "expected": expected,
+            "fingerprint": fingerprint,
+        }
+        pending.append((index, {"args": args, "kwargs": kwargs, "seed": seed}, problem_metadata))
+    skipped = len(problems) - len(pending)
+    done = 0
+    failed: dict[int, _ProblemFailure] = {}
+    with output.progress(
+        total=len(problems), initial=skipped, desc="problems", unit="problem"
+    ) as bar:
+
+        def save(index: int, posterior: ppl.Posterior) -> None:
+            nonlocal done
             directory = rundir.problem_dir(out_dir, index)
-            problem_spec = spec.merged(args=args, kwargs=kwargs, dataset=None)
-            fingerprint = _fingerprint(problem_spec)
-            if (directory / rundir.RESULT_FILE).is_file():
-                previous = rundir.read_result(directory)
-                if previous.get("metadata", {}).get("fingerprint") != fingerprint:
-                    raise RecipeError(
-                        f"{directory} holds the result of a different run (other program, "
-                        "options or dataset); use another --out"
-                    )
-                skipped += 1
-                bar.update(1)
-                continue
-            seed = int(np.random.SeedSequence([spec.seed, index]).generate_state(1)[0])
-            posterior = infer(args, kwargs, seed, None)
-            rundir.save_run(
-                posterior,
-                directory,
-                metadata={
-                    **_metadata(problem_spec),
-                    "dataset": spec.dataset,
-                    "index": index,
-                    "problem_seed": seed,
-                    "input_text": " ".join(map(str, args)) or json.dumps(kwargs),
-                    "expected": expected,
-                    "fingerprint": fingerprint,
-                },
-                report=False,
-            )
+            rundir.save_run(posterior, directory, metadata=saved_metadata[index], report=False)
             done += 1
             bar.update(1)
+
+        saved_metadata = {index: problem_metadata for index, _, problem_metadata in pending}
+        if placement.executor == "local":
+            for index, problem, _ in pending:
+                save(index, infer(problem["args"], problem["kwargs"], problem["seed"], None))
+        else:
+            failed = _run_on_ray(spec, pending, placement, save)
     summary = rundir.save_dataset_summary(out_dir, metadata=metadata, total=len(problems))
     judged = [r for r in summary["problems"] if r["correct"] is not None]
     accuracy = sum(r["correct"] for r in judged) / len(judged) if judged else None
@@ -331,6 +385,15 @@ def _run_dataset(spec: RunSpec, problems, out_dir: Path, infer, output: Output) 
         + (f"; exact-match accuracy {accuracy:.3f}" if accuracy is not None else "")
     )
     output.info(f"wrote {out_dir / rundir.REPORT_FILE} and {out_dir / rundir.RESULT_FILE}")
+    if failed:
+        first, failure = min(failed.items())
+        error = PPLError(
+            f"{len(failed)} of {len(problems)} problems failed (the others are saved; a rerun "
+            f"retries only the failed ones); problem {first}: {failure.reason}"
+        )
+        for index, failure in sorted(failed.items()):
+            error.add_note(f"problem {index} on its worker:\n{failure.traceback}")
+        raise error
     return {
         "total": len(problems),
         "finished": summary["finished"],
@@ -342,6 +405,72 @@ def _run_dataset(spec: RunSpec, problems, out_dir: Path, infer, output: Output) 
             for r in summary["problems"]
         ],
     }
+
+
+@dataclass(frozen=True)
+class _ProblemFailure:
+    """Why a problem failed on a worker: a one-line reason and the worker's traceback."""
+
+    reason: str
+    traceback: str
+
+
+def _run_on_ray(
+    spec: RunSpec, pending, placement: _Placement, save: Callable[[int, ppl.Posterior], None]
+) -> dict[int, _ProblemFailure]:
+    """Run the pending problems on Ray workers; save each posterior here as it arrives.
+
+    Returns the failed problems by index.
+    """
+    from inference.executors import map_problems
+
+    # Workers may start elsewhere: give them absolute paths to the program and model.
+    program_file, _, function = spec.program.rpartition(":")
+    worker_spec = spec.merged(program=f"{Path(program_file).resolve()}:{function}")
+    kind, _, rest = spec.model.partition(":")
+    if kind == "hf":
+        worker_spec = worker_spec.merged(model=f"hf:{Path(rest).resolve()}")
+    failed: dict[int, _ProblemFailure] = {}
+
+    def on_result(key: str, outcome) -> None:
+        if isinstance(outcome, _ProblemFailure):
+            failed[int(key)] = outcome
+        else:
+            save(int(key), outcome)
+
+    def on_error(key: str, message: str) -> None:
+        # The worker died or could not be built (e.g. the model failed to load).
+        reason = message.strip().splitlines()[-1] if message.strip() else "the worker failed"
+        failed[int(key)] = _ProblemFailure(reason, message)
+
+    map_problems(
+        [(str(index), problem) for index, problem, _ in pending],
+        functools.partial(_problem_runner, worker_spec),
+        on_result,
+        on_error,
+        executor="ray",
+        workers=placement.workers,
+        ray_address=placement.ray_address,
+        ray_init={"log_to_driver": False},
+    )
+    return failed
+
+
+def _problem_runner(spec: RunSpec) -> Callable[[dict], ppl.Posterior | _ProblemFailure]:
+    """Built once per Ray worker: its own program and model, then one problem per call."""
+    engine, size = resolve_method(spec.method, spec.parameters)
+    program = load_program(spec.program)
+    lm = load_model(spec.model)
+
+    def run_one(problem: dict) -> ppl.Posterior | _ProblemFailure:
+        try:
+            return _infer(
+                spec, engine, size, program, lm, problem["args"], problem["kwargs"], problem["seed"]
+            )
+        except Exception as error:
+            return _ProblemFailure(_reason(error, hint=False), traceback.format_exc())
+
+    return run_one
 
 
 def _read_dataset(path: Path) -> list[tuple[list[Any], dict[str, Any], Any]]:

@@ -341,8 +341,11 @@ def load_program(target: str) -> Program:
         defined = sorted(
             name
             for name, value in vars(module).items()
-            if isinstance(value, Program)
-            or (inspect.isfunction(value) and value.__module__ == module.__name__)
+            if not name.startswith("_")
+            and (
+                isinstance(value, Program)
+                or (inspect.isfunction(value) and value.__module__ == module.__name__)
+            )
         )
         raise RecipeError(
             f"{file} has no function {function!r}; it defines: {', '.join(defined) or 'none'}"

@@ -33,6 +33,18 @@ def two_choices(lm, label: str = "x"):
 @ppl.program
 def letters(lm, prefix: str, length: int = 3):
     """One token per step after ``prefix``; tokens containing 'e' are rejected."""
+    _spell(lm, prefix, length)
+
+
+@ppl.program
+def fragile_letters(lm, prefix: str, fail_marker: str):
+    """Like ``letters``, but fails while the file ``fail_marker`` exists (an interrupted run)."""
+    if Path(fail_marker).exists():
+        raise RuntimeError("failing on purpose")
+    _spell(lm, prefix, 3)
+
+
+def _spell(lm, prefix: str, length: int) -> None:
     text = ""
     for i in range(length):
         token = ppl.step(f"t{i}", lm, prefix + text, stop=(), max_tokens=1)

@@ -342,6 +342,68 @@ def test_dataset_run_saves_each_problem_and_resumes(tmp_path):
     assert_fails(changed, "holds the result of a different run")
 
 
+@pytest.mark.slow
+def test_dataset_on_ray_workers_saves_what_finished_and_matches_local(tmp_path, tiny_model_dir):
+    pytest.importorskip("ray", reason="optional extra: pip install 'pplscale[ray]'")
+    marker = tmp_path / "fail-now"
+    marker.write_text("")
+    absent = str(tmp_path / "absent")
+    dataset = write_dataset(
+        tmp_path,
+        [{"args": [prefix, absent]} for prefix in ("a", "ab", "ba")]
+        + [{"args": ["c", str(marker)]}],
+    )
+
+    def run_dataset(out, *extra):
+        return invoke(
+            "run",
+            f"{PROGRAMS}:fragile_letters",
+            "--dataset",
+            dataset,
+            "--model",
+            f"hf:{tiny_model_dir}",
+            "--particles",
+            8,
+            "--out",
+            out,
+            "--json",
+            *extra,
+        )
+
+    on_ray = ("--executor", "ray", "--workers", 2)
+    interrupted = run_dataset(tmp_path / "ray", *on_ray)
+    assert interrupted.exit_code == 1, interrupted.output
+    error = json.loads(interrupted.stdout)["error"]
+    assert "1 of 4 problems failed" in error
+    assert "problem 3: program 'fragile_letters' raised RuntimeError: failing on purpose" in error
+    assert [rundir.problem_dir(tmp_path / "ray", i).is_dir() for i in range(4)] == [1, 1, 1, 0]
+
+    marker.unlink()
+    resumed = run_dataset(tmp_path / "ray", *on_ray)
+    assert resumed.exit_code == 0, resumed.output
+    summary = json.loads(resumed.stdout)
+    assert (summary["run_now"], summary["already_done"], summary["finished"]) == (1, 3, 4)
+
+    local = run_dataset(tmp_path / "local")
+    assert local.exit_code == 0, local.output
+    for index in range(4):
+        # Same per-problem seeds and model: the same posterior wherever it ran.
+        distributed = rundir.load_run(rundir.problem_dir(tmp_path / "ray", index)).posterior
+        here = rundir.load_run(rundir.problem_dir(tmp_path / "local", index)).posterior
+        assert distributed.answer_distribution() == pytest.approx(here.answer_distribution())
+        assert distributed.log_evidence == pytest.approx(here.log_evidence)
+
+
+def test_ray_options_need_a_dataset_on_ray(tmp_path):
+    dataset = write_dataset(tmp_path, [{"input": "a"}])
+    assert_fails(
+        toy("--workers", 2, "--dataset", dataset, "--out", tmp_path / "o"),
+        "need --executor ray",
+        code=2,
+    )
+    assert_fails(toy("--executor", "ray", "--input", "a"), "problems of a --dataset", code=2)
+
+
 def test_dataset_accepts_question_field(tmp_path):
     dataset = write_dataset(tmp_path, [{"question": "q", "answer": "q0"}, {"input": "i"}])
     result = toy("--dataset", dataset, "--particles", 5, "--out", tmp_path / "out", "--json")
@@ -416,8 +478,8 @@ def test_method_known_but_not_installed(tmp_path):
         ("nowhere.py:f", "program file 'nowhere.py' does not exist"),
         (
             f"{PROGRAMS}:missing",
-            "no function 'missing'; it defines: broken, fragile, letters, no_answer, toy, "
-            "two_choices",
+            "no function 'missing'; it defines: broken, fragile, fragile_letters, letters, "
+            "no_answer, toy, two_choices",
         ),
         (f"{PROGRAMS}:NOT_CALLABLE", "NOT_CALLABLE is not callable (it is a int)"),
         (str(PROGRAMS), "must be path/to/file.py:function or a .toml recipe"),
