@@ -31,7 +31,7 @@ def run_chains(
     num_steps: int,
     burn_in: int,
     proposal: str,
-    scan_length: int,
+    scan_length: int | None,
     rng: np.random.Generator,
 ) -> tuple[list[list[Trace]], dict]:
     """Run ``len(states) / len(betas)`` ensembles of tempered chains in lock-step.
@@ -41,10 +41,16 @@ def run_chains(
     ``s mod scan_length`` (a fixed scan), then proposes swaps between
     neighbouring temperatures ``(k, k+1)`` with ``k = s mod 2, s mod 2 + 2, ...``
     (deterministic even-odd swaps). After ``burn_in`` steps each ensemble's
-    ``betas[0]`` state is recorded at every step.
+    ``betas[0]`` state is recorded at every step. ``scan_length=None`` takes
+    ``default_scan_length(states)``.
 
-    Returns the recorded traces per ensemble and acceptance statistics.
+    Returns the recorded traces per ensemble and the run's settings and
+    statistics for ``Posterior.info``: ``acceptance_rate`` per ensemble (per
+    ensemble and temperature, plus ``swap_acceptance_rate`` per pair, when
+    tempered).
     """
+    if scan_length is None:
+        scan_length = default_scan_length(states)
     scan_length = check_positive_int("scan_length", scan_length)
     num_temperatures = len(betas)
     num_ensembles = len(states) // num_temperatures
@@ -77,10 +83,17 @@ def run_chains(
             for c in range(num_ensembles):
                 samples[c].append(states[c * num_temperatures].trace)
     rates = np.divide(accepts, moves, out=np.full(len(states), math.nan), where=moves > 0)
-    stats = {
-        "acceptance_rate": rates.reshape(num_ensembles, num_temperatures).tolist(),
-        "swap_acceptance_rate": np.divide(
-            swap_accepts, swap_tries, out=np.full(len(swap_tries), math.nan), where=swap_tries > 0
-        ).tolist(),
+    info = {
+        "num_steps": num_steps,
+        "burn_in": burn_in,
+        "proposal": proposal,
+        "scan_length": scan_length,
     }
-    return samples, stats
+    if num_temperatures == 1:
+        info["acceptance_rate"] = rates.tolist()
+    else:
+        info["acceptance_rate"] = rates.reshape(num_ensembles, num_temperatures).tolist()
+        info["swap_acceptance_rate"] = np.divide(
+            swap_accepts, swap_tries, out=np.full(len(swap_tries), math.nan), where=swap_tries > 0
+        ).tolist()
+    return samples, info

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from inference.mcmc.chains import default_scan_length, run_chains
+from inference.mcmc.chains import run_chains
 from inference.mcmc.kernel import (
     Runner,
     chain_posterior,
@@ -84,8 +84,6 @@ def mh(
     rng = np.random.default_rng(seed_sequence)
     runner = Runner(program, args, kwargs)
     states = start_states(runner, num_chains, init_particles, initial, rng)
-    if scan_length is None:
-        scan_length = default_scan_length(states)
     samples, stats = run_chains(
         runner,
         states,
@@ -96,15 +94,7 @@ def mh(
         scan_length=scan_length,
         rng=rng,
     )
-    info = {
-        "seed": seed_sequence.entropy,
-        "num_chains": num_chains,
-        "num_steps": num_steps,
-        "burn_in": burn_in,
-        "proposal": proposal,
-        "scan_length": scan_length,
-        "acceptance_rate": [rates[0] for rates in stats["acceptance_rate"]],
-    }
+    info = {"seed": seed_sequence.entropy, "num_chains": num_chains, **stats}
     return chain_posterior(runner, samples, "mh", info)
 
 

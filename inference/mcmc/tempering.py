@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from inference.mcmc.chains import default_scan_length, run_chains
+from inference.mcmc.chains import run_chains
 from inference.mcmc.kernel import (
     Runner,
     chain_posterior,
@@ -72,8 +72,6 @@ def parallel_tempering(
         if len(initial) != count:
             raise InvalidArgumentError(f"initial needs one trace per chain ({num_chains})")
     states = start_states(runner, count, init_particles, initial, rng)
-    if scan_length is None:
-        scan_length = default_scan_length(states)
     samples, stats = run_chains(
         runner,
         states,
@@ -87,10 +85,6 @@ def parallel_tempering(
     info = {
         "seed": seed_sequence.entropy,
         "num_chains": num_chains,
-        "num_steps": num_steps,
-        "burn_in": burn_in,
-        "proposal": proposal,
-        "scan_length": scan_length,
         "betas": list(betas),
         **stats,
     }
