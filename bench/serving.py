@@ -22,7 +22,6 @@ from __future__ import annotations
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -64,25 +63,7 @@ def start_llama_server(threads: int) -> tuple[subprocess.Popen, str]:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     log = tempfile.NamedTemporaryFile("w", prefix="llama-server-", suffix=".log", delete=False)
-    command = [
-        sys.executable,
-        "-m",
-        "llama_cpp.server",
-        "--model",
-        str(embedded.gguf_path()),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--n_ctx",
-        "4096",
-        "--n_threads",
-        str(threads),
-        "--n_threads_batch",
-        str(threads),
-        "--verbose",
-        "False",
-    ]
+    command = embedded.llama_server_command(port, threads=threads)
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     return process, f"http://127.0.0.1:{port}/v1"
 

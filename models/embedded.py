@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -35,6 +36,26 @@ def gguf_path() -> Path:
         if files:
             return files[0]
     raise ModelNotInstalledError(f"no .gguf file found in the {PACKAGE!r} package; reinstall it")
+
+
+def llama_server_command(
+    port: int, *, host: str = "127.0.0.1", n_ctx: int = 4096, threads: int | None = None
+) -> list[str]:
+    """The command that serves the embedded model with llama-cpp-python's OpenAI-compatible server.
+
+    Needs ``pip install 'pplscale[server]'``. ``threads`` sets the server's
+    decoding and batch threads (default: llama.cpp's choice).
+
+    Example:
+        >>> import subprocess  # doctest: +SKIP
+        >>> server = subprocess.Popen(llama_server_command(8000))  # doctest: +SKIP
+        >>> lm = models.OpenAILM("http://127.0.0.1:8000/v1")  # doctest: +SKIP
+    """
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path())]
+    command += ["--host", host, "--port", str(port), "--n_ctx", str(n_ctx), "--verbose", "False"]
+    if threads is not None:
+        command += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]
+    return command
 
 
 def cache_dir() -> Path:

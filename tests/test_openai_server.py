@@ -10,7 +10,6 @@ agree to a few hundredths of a nat per token, not exactly.
 import math
 import socket
 import subprocess
-import sys
 import threading
 
 import pytest
@@ -48,21 +47,7 @@ def free_port() -> int:
 
 
 def start_server(port: int, log_path) -> subprocess.Popen:
-    command = [
-        sys.executable,
-        "-m",
-        "llama_cpp.server",
-        "--model",
-        str(embedded.gguf_path()),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--n_ctx",
-        "2048",
-        "--verbose",
-        "False",
-    ]
+    command = embedded.llama_server_command(port, n_ctx=2048)
     log = open(log_path, "w")  # noqa: SIM115 - the server process owns it
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 
