@@ -7,7 +7,8 @@
   chains, an equal-weight resample of each run its draws);
 - log-evidence mean and standard error across runs;
 - answer probabilities with intervals: a bootstrap over runs when there are
-  enough runs, otherwise the Dirichlet posterior on effective counts;
+  enough runs, otherwise the Dirichlet posterior on effective counts (for
+  MCMC chains, each answer's autocorrelation ESS);
 - resampling events and cost; and warnings when any of these look bad.
 """
 
@@ -317,7 +318,8 @@ def diagnose(
     """The uncertainty report of ``posterior``, with warnings.
 
     ``intervals`` is ``"bootstrap"`` (over runs), ``"dirichlet"`` (effective
-    counts) or ``"auto"``: bootstrap with at least 10 runs, else Dirichlet.
+    counts: the weights' ESS, or for MCMC chains each answer's autocorrelation
+    ESS) or ``"auto"``: bootstrap with at least 10 runs, else Dirichlet.
     Warnings: a run whose final ESS is below ``low_ess_fraction`` of its
     particles, Pareto ``k > max_pareto_k``, R-hat ``> max_rhat``, runs whose
     particles all have weight zero. ``seed`` fixes the equal-weight resample
@@ -446,6 +448,34 @@ def _run_diagnostics(posterior: Posterior, run: int) -> RunDiagnostics:
     )
 
 
+def _indicator_ess(posterior: Posterior, answers: list) -> dict[Any, float]:
+    """Per answer, the autocorrelation ESS of its indicator over chains of draws in order.
+
+    ArviZ's bulk ESS, at most the number of draws (an antithetic chain does not
+    make an interval narrower than independent draws would); an answer no
+    draw or every draw has keeps the number of draws.
+    """
+    import arviz as az
+
+    sizes = np.bincount(posterior.run_index, minlength=posterior.num_runs)
+    total = float(posterior.num_particles)
+    if posterior.num_particles == 0 or len(set(sizes.tolist())) != 1:
+        return dict.fromkeys(answers, total)
+    order = np.argsort(posterior.run_index, kind="stable")
+    drawn = [posterior.answers[i] for i in order]
+    effective = {}
+    for answer in answers:
+        indicator = np.array([a == answer for a in drawn], dtype=float)
+        indicator = indicator.reshape(posterior.num_runs, -1)
+        if indicator.min() == indicator.max():
+            effective[answer] = total
+            continue
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ess = float(az.ess(indicator))
+        effective[answer] = min(ess, total) if math.isfinite(ess) else total
+    return effective
+
+
 def _answer_estimates(
     posterior: Posterior, level: float, method: str, seed: int
 ) -> list[AnswerEstimate]:
@@ -461,7 +491,12 @@ def _answer_estimates(
     for i, answer in enumerate(posterior.answers):
         if weights[i] > 0:
             per_run[posterior.run_index[i], column[answer]] += weights[i]
-    if method == "dirichlet":
+    if method == "dirichlet" and posterior.info.get("draws_in_order"):
+        # MCMC draws are autocorrelated: each answer gets its own effective count.
+        effective = _indicator_ess(posterior, answers)
+        bounds = [dirichlet_intervals(distribution, effective[a], level)[a] for a in answers]
+        lower, upper = zip(*bounds, strict=True) if bounds else ((), ())
+    elif method == "dirichlet":
         bounds = dirichlet_intervals(distribution, posterior.ess, level)
         lower = [bounds[a][0] for a in answers]
         upper = [bounds[a][1] for a in answers]
