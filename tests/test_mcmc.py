@@ -61,7 +61,7 @@ def branching():
 
 
 def branching_states():
-    """Every complete state with its log target and log proposal density."""
+    """Every complete state: its answer, log prior, log factors (observation included), log q."""
     q0 = torch.tensor(PRIOR) ** 0.4
     q0 = (q0 / q0.sum()).tolist()
     for x0 in range(3):
@@ -71,28 +71,19 @@ def branching_states():
                 total = sum(xs)
                 if total >= 2 and y == 1:
                     continue
-                log_x = sum(math.log(ROWS[x0][x]) + LOG_F[x] for x in xs)
+                log_rows = sum(math.log(ROWS[x0][x]) for x in xs)
                 log_y = math.log(BIAS[x0] if y else 1 - BIAS[x0])
-                log_target = math.log(PRIOR[x0]) + log_obs + log_x + log_y
-                log_q = math.log(q0[x0]) + sum(math.log(ROWS[x0][x]) for x in xs) + log_y
-                yield (x0, total), log_target, log_q
+                log_p = math.log(PRIOR[x0]) + log_rows + log_y
+                log_f = log_obs + sum(LOG_F[x] for x in xs)
+                log_q = math.log(q0[x0]) + log_rows + log_y
+                yield (x0, total), log_p, log_f, log_q
 
 
 def exact_branching(beta: float = 1.0) -> dict:
     """Answer probabilities; ``beta`` tempers the observation and the factors."""
     joint: dict = {}
-    for x0 in range(3):
-        log_obs = float(OBSERVATIONS[x0].log_prob(OBSERVED_VALUE))
-        for xs in itertools.product(range(3), repeat=2 if x0 == 2 else 1):
-            for y in range(2):
-                total = sum(xs)
-                if total >= 2 and y == 1:
-                    continue
-                log_p = math.log(PRIOR[x0]) + sum(math.log(ROWS[x0][x]) for x in xs)
-                log_p += math.log(BIAS[x0] if y else 1 - BIAS[x0])
-                log_f = log_obs + sum(LOG_F[x] for x in xs)
-                key = (x0, total)
-                joint[key] = joint.get(key, 0.0) + math.exp(log_p + beta * log_f)
+    for key, log_p, log_f, _ in branching_states():
+        joint[key] = joint.get(key, 0.0) + math.exp(log_p + beta * log_f)
     z = sum(joint.values())
     return {a: w / z for a, w in joint.items()}
 
@@ -139,7 +130,7 @@ def assert_exact_iid(traces, exact: dict, *, min_p: float = 0.02):
 
 @pytest.fixture(scope="module")
 def branching_draws() -> list[ppl.Trace]:
-    log_weight_max = max(t - q for _, t, q in branching_states())
+    log_weight_max = max(p + f - q for _, p, f, q in branching_states())
     draws = exact_draws(ppl.importance(branching, num_particles=5000, seed=1), log_weight_max, 0)
     assert len(draws) > 1500
     return draws
@@ -186,7 +177,7 @@ def test_particle_gibbs_matches_enumeration(ancestor_sampling):
 @pytest.mark.parametrize("ess_threshold", [1.0, 0.5])
 def test_resample_move_smc_matches_enumeration(ess_threshold):
     exact = exact_branching()
-    log_z = math.log(sum(math.exp(t) for _, t, _ in branching_states()))
+    log_z = math.log(sum(math.exp(p + f) for _, p, f, _ in branching_states()))
     posterior = ppl.run(
         "smc",
         branching,
