@@ -26,6 +26,8 @@ import click
 import numpy as np
 
 import ppl
+from inference.conformal import load_calibration
+from ppl import calibrate_cli
 from ppl.errors import ParticleError, PPLError, RecipeError
 from ppl.harness import bench
 from ppl.lm import LM
@@ -196,6 +198,13 @@ def _site_text(site) -> str:
     type=click.Path(file_okay=False),
     help="Output directory. [default: runs/NAME-TIMESTAMP]",
 )
+@click.option(
+    "--calibration",
+    "calibration_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A file from `ppl calibrate`: report the calibrated answer set, answer-or-abstain "
+    "decision or sample budget, with its guarantee.",
+)
 @output_options
 def run(
     target: str,
@@ -209,6 +218,7 @@ def run(
     seed: int | None,
     params: Sequence[str],
     out: str | None,
+    calibration_path: str | None,
     output: Output,
 ) -> None:
     """Run TARGET, a program (path/to/file.py:function) or a TOML recipe.
@@ -243,6 +253,7 @@ def run(
             f"program keyword argument(s) {', '.join(clashes)} clash with method parameters"
         )
     problems = _read_dataset(Path(spec.dataset)) if spec.dataset else None
+    calibration = load_calibration(calibration_path) if calibration_path else None
     rundir.ensure_writable(out_dir)
     program = load_program(spec.program)
     lm = load_model(spec.model)
@@ -261,13 +272,17 @@ def run(
         rounds = output.progress(desc=f"{spec.method} rounds", unit="round", enabled=lm is not None)
         with rounds as bar:
             posterior = infer(spec.args, spec.kwargs, spec.seed, bar)
+        decision = calibration.predict(posterior, seed=spec.seed) if calibration else None
         diagnostics = rundir.save_run(
             posterior,
             out_dir,
             metadata=_metadata(spec),
             title=spec.program.rpartition(":")[2],
+            decision=decision,
         )
         output.info(diagnostics.text())
+        if decision is not None:
+            output.info("\n" + decision.text())
         output.info(
             f"\nwrote {out_dir / rundir.REPORT_FILE} (and result.json, posterior.nc, "
             "genealogy.graphml)"
@@ -278,14 +293,17 @@ def run(
                 "out": str(out_dir),
                 "map_answer": best.label if best else None,
                 "diagnostics": diagnostics.to_dict(),
+                "calibration": decision.to_dict() if decision else None,
             }
         )
         return
-    summary = _run_dataset(spec, problems, out_dir, infer, output)
+    summary = _run_dataset(spec, problems, out_dir, infer, output, calibration)
     output.result({"out": str(out_dir), **summary})
 
 
-def _run_dataset(spec: RunSpec, problems, out_dir: Path, infer, output: Output) -> dict:
+def _run_dataset(
+    spec: RunSpec, problems, out_dir: Path, infer, output: Output, calibration=None
+) -> dict:
     """Run every problem not already finished in ``out_dir``; save each as it finishes."""
     metadata = _metadata(spec)
     done = skipped = 0
@@ -301,11 +319,14 @@ def _run_dataset(spec: RunSpec, problems, out_dir: Path, infer, output: Output) 
                         f"{directory} holds the result of a different run (other program, "
                         "options or dataset); use another --out"
                     )
+                if calibration is not None:
+                    calibrate_cli.apply_to_saved_run(directory, calibration)
                 skipped += 1
                 bar.update(1)
                 continue
             seed = int(np.random.SeedSequence([spec.seed, index]).generate_state(1)[0])
             posterior = infer(args, kwargs, seed, None)
+            decision = calibration.predict(posterior, seed=seed) if calibration else None
             rundir.save_run(
                 posterior,
                 directory,
@@ -319,6 +340,7 @@ def _run_dataset(spec: RunSpec, problems, out_dir: Path, infer, output: Output) 
                     "fingerprint": fingerprint,
                 },
                 report=False,
+                decision=decision,
             )
             done += 1
             bar.update(1)
@@ -330,6 +352,8 @@ def _run_dataset(spec: RunSpec, problems, out_dir: Path, infer, output: Output) 
         f"{skipped} already done)"
         + (f"; exact-match accuracy {accuracy:.3f}" if accuracy is not None else "")
     )
+    if summary["calibration"]:
+        output.info(calibrate_cli.summary_line(summary["calibration"]))
     output.info(f"wrote {out_dir / rundir.REPORT_FILE} and {out_dir / rundir.RESULT_FILE}")
     return {
         "total": len(problems),
@@ -337,6 +361,7 @@ def _run_dataset(spec: RunSpec, problems, out_dir: Path, infer, output: Output) 
         "run_now": done,
         "already_done": skipped,
         "accuracy": accuracy,
+        "calibration": summary["calibration"],
         "problems": [
             {k: r[k] for k in ("index", "map_answer", "probability", "expected", "correct")}
             for r in summary["problems"]
@@ -454,6 +479,7 @@ def report(directory: str, out: str | None, output: Output) -> None:
 
 
 main.add_command(bench)
+main.add_command(calibrate_cli.calibrate_command(output_options))
 
 if __name__ == "__main__":
     main()

@@ -341,7 +341,7 @@ def test_budget_on_importance_runs(engine_data):
     assert budget.max_samples == 6 and budget.feasible
     post = test[0].posterior
     decision = budget.predict(post)
-    drawn = decision.details["max samples"] - decision.details["samples saved"]
+    drawn = decision.details["samples drawn"]
     assert set(decision.answers) == set(post.answers[:drawn])
     assert drawn == budget.stop(np.array([int(a) for a in post.answers]))
     assert sum(decision.probabilities) == pytest.approx(1.0)

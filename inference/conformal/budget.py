@@ -168,6 +168,7 @@ class SampleBudget:
                 "rule": self.rule,
                 self._parameter_name(): self.parameter,
                 "max samples": self.max_samples,
+                "samples drawn": drawn,
                 "samples saved": len(answers) - drawn,
                 "epsilon": self.epsilon,
                 "delta": self.delta,

@@ -4,8 +4,9 @@ A calibration problem is a ``Posterior`` from any engine and the expected
 answer. ``from_posteriors`` builds the data from ``(posterior, expected)``
 pairs; ``load_runs`` reads the problem directories that ``ppl run --dataset``
 writes (each holds the posterior and the dataset's ``answer`` in its
-``result.json``). Answers are judged with ``answers_match``: equal after
-``ppl.tasks.normalize_answer`` (so ``"31"``, ``"31.0"`` and ``"$31"`` match).
+``result.json``). Answers are judged with ``ppl.tasks.answers_match``: equal
+after ``ppl.tasks.normalize_answer`` (so ``"31"``, ``"31.0"`` and ``"$31"``
+match).
 
 The calibration methods also take raw arrays (``calibrate_arrays``), for
 scores computed elsewhere.
@@ -23,29 +24,11 @@ import numpy as np
 
 from ppl.errors import CalibrationError, InvalidArgumentError, ReportError
 from ppl.posterior import Posterior, normalized_weights
-from ppl.tasks import normalize_answer
+from ppl.tasks import answers_match
 
 Judge = Callable[[Any, Any], bool]
 
 MAP_PROBABILITY = "map-probability"
-
-
-def answers_match(answer: Any, expected: Any) -> bool:
-    """Whether ``answer`` is one of the ``expected`` answers (a value or a list of them).
-
-    Both sides are compared after ``ppl.tasks.normalize_answer``: numbers as
-    exact rationals, text lower-cased without surrounding punctuation. An
-    answer of None (a particle that never answered) matches nothing.
-
-    Example:
-        >>> answers_match("31.0", "31"), answers_match("30", ["29", "31"]), answers_match(None, "1")
-        (True, False, False)
-    """
-    if answer is None or expected is None:
-        return False
-    references = expected if isinstance(expected, list | tuple) else [expected]
-    normalized = normalize_answer(str(answer))
-    return any(normalized == normalize_answer(str(r)) for r in references)
 
 
 def confidence_of(posterior: Posterior, confidence: str = MAP_PROBABILITY) -> float:
