@@ -15,6 +15,7 @@ Example:
 """
 
 from inference.beam import beam
+from inference.conformal import Abstention, AnswerSets, SampleBudget
 from inference.importance import importance
 from inference.mcmc import mh, parallel_tempering, particle_gibbs
 from inference.runs import run
@@ -23,6 +24,7 @@ from ppl.distributions import LMStep
 from ppl.errors import (
     BackendError,
     BadResponse,
+    CalibrationError,
     CapabilityError,
     DuplicateSiteError,
     EmptyPosteriorError,
@@ -59,8 +61,11 @@ from ppl.values import Chat, Step
 
 __all__ = [
     "LM",
+    "Abstention",
+    "AnswerSets",
     "BackendError",
     "BadResponse",
+    "CalibrationError",
     "CapabilityError",
     "Chat",
     "Cost",
@@ -76,6 +81,7 @@ __all__ = [
     "Program",
     "ProgramError",
     "RecipeError",
+    "SampleBudget",
     "ReplayDivergenceError",
     "ReportError",
     "ScoreRequest",

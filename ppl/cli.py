@@ -29,6 +29,8 @@ import click
 import numpy as np
 
 import ppl
+from inference.conformal import load_calibration
+from ppl import calibrate_cli
 from ppl.errors import ParticleError, PPLError, RecipeError
 from ppl.harness import bench
 from ppl.lm import LM
@@ -219,6 +221,13 @@ def _site_text(site) -> str:
     type=click.Path(file_okay=False),
     help="Output directory. [default: runs/NAME-TIMESTAMP]",
 )
+@click.option(
+    "--calibration",
+    "calibration_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A file from `ppl calibrate`: report the calibrated answer set, answer-or-abstain "
+    "decision or sample budget, with its guarantee.",
+)
 @output_options
 def run(
     target: str,
@@ -235,6 +244,7 @@ def run(
     seed: int | None,
     params: Sequence[str],
     out: str | None,
+    calibration_path: str | None,
     output: Output,
 ) -> None:
     """Run TARGET, a program (path/to/file.py:function) or a TOML recipe.
@@ -273,6 +283,7 @@ def run(
     problems = _read_dataset(Path(spec.dataset)) if spec.dataset else None
     if executor == "ray" and problems is None:
         raise click.UsageError("--executor ray spreads the problems of a --dataset over workers")
+    calibration = load_calibration(calibration_path) if calibration_path else None
     rundir.ensure_writable(out_dir)
     program = load_program(spec.program)
     lm = None if executor == "ray" else load_model(spec.model)
@@ -286,13 +297,17 @@ def run(
         rounds = output.progress(desc=f"{spec.method} rounds", unit="round", enabled=lm is not None)
         with rounds as bar:
             posterior = infer(spec.args, spec.kwargs, spec.seed, bar)
+        decision = calibration.predict(posterior, seed=spec.seed) if calibration else None
         diagnostics = rundir.save_run(
             posterior,
             out_dir,
             metadata=_metadata(spec),
             title=spec.program.rpartition(":")[2],
+            decision=decision,
         )
         output.info(diagnostics.text())
+        if decision is not None:
+            output.info("\n" + decision.text())
         output.info(
             f"\nwrote {out_dir / rundir.REPORT_FILE} (and result.json, posterior.nc, "
             "genealogy.graphml)"
@@ -303,11 +318,12 @@ def run(
                 "out": str(out_dir),
                 "map_answer": best.label if best else None,
                 "diagnostics": diagnostics.to_dict(),
+                "calibration": decision.to_dict() if decision else None,
             }
         )
         return
     placement = _Placement(executor, workers or 2, ray_address)
-    summary = _run_dataset(spec, problems, out_dir, infer, placement, output)
+    summary = _run_dataset(spec, problems, out_dir, infer, placement, output, calibration)
     output.result({"out": str(out_dir), **summary})
 
 
@@ -328,7 +344,13 @@ class _Placement:
 
 
 def _run_dataset(
-    spec: RunSpec, problems, out_dir: Path, infer, placement: _Placement, output: Output
+    spec: RunSpec,
+    problems,
+    out_dir: Path,
+    infer,
+    placement: _Placement,
+    output: Output,
+    calibration=None,
 ) -> dict:
     """Run every problem not already finished in ``out_dir``; save each as it finishes."""
     metadata = _metadata(spec)
@@ -344,6 +366,8 @@ def _run_dataset(
                     f"{directory} holds the result of a different run (other program, "
                     "options or dataset); use another --out"
                 )
+            if calibration is not None:
+                calibrate_cli.apply_to_saved_run(directory, calibration)
             continue
         seed = int(np.random.SeedSequence([spec.seed, index]).generate_state(1)[0])
         problem_metadata = {
@@ -366,7 +390,15 @@ def _run_dataset(
         def save(index: int, posterior: ppl.Posterior) -> None:
             nonlocal done
             directory = rundir.problem_dir(out_dir, index)
-            rundir.save_run(posterior, directory, metadata=saved_metadata[index], report=False)
+            problem_seed = saved_metadata[index]["problem_seed"]
+            decision = calibration.predict(posterior, seed=problem_seed) if calibration else None
+            rundir.save_run(
+                posterior,
+                directory,
+                metadata=saved_metadata[index],
+                report=False,
+                decision=decision,
+            )
             done += 1
             bar.update(1)
 
@@ -384,6 +416,8 @@ def _run_dataset(
         f"{skipped} already done)"
         + (f"; exact-match accuracy {accuracy:.3f}" if accuracy is not None else "")
     )
+    if summary["calibration"]:
+        output.info(calibrate_cli.summary_line(summary["calibration"]))
     output.info(f"wrote {out_dir / rundir.REPORT_FILE} and {out_dir / rundir.RESULT_FILE}")
     if failed:
         first, failure = min(failed.items())
@@ -400,6 +434,7 @@ def _run_dataset(
         "run_now": done,
         "already_done": skipped,
         "accuracy": accuracy,
+        "calibration": summary["calibration"],
         "problems": [
             {k: r[k] for k in ("index", "map_answer", "probability", "expected", "correct")}
             for r in summary["problems"]
@@ -583,6 +618,7 @@ def report(directory: str, out: str | None, output: Output) -> None:
 
 
 main.add_command(bench)
+main.add_command(calibrate_cli.calibrate_command(output_options))
 
 if __name__ == "__main__":
     main()

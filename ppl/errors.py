@@ -86,3 +86,7 @@ class BadResponse(BackendError):
 
 class CapabilityError(BackendError):
     """A backend cannot do what was asked exactly (e.g. a logits processor over HTTP)."""
+
+
+class CalibrationError(PPLError):
+    """Calibration data, a calibration file or its use is invalid (see ``inference.conformal``)."""

@@ -333,3 +333,21 @@ def _task(name: str, problems: list[Problem], path: Path) -> Task:
     if not problems:
         raise TaskFormatError(f"{path} holds no problems")
     return Task(name, tuple(problems))
+
+
+def answers_match(answer, expected) -> bool:
+    """Whether ``answer`` is one of the ``expected`` answers (a value or a list of them).
+
+    Both sides are compared after ``normalize_answer``: numbers as exact
+    rationals, text lower-cased without surrounding punctuation. An answer
+    of None (a particle that never answered) matches nothing.
+
+    Example:
+        >>> answers_match("31.0", "31"), answers_match("30", ["29", "31"]), answers_match(None, "1")
+        (True, False, False)
+    """
+    if answer is None or expected is None:
+        return False
+    references = expected if isinstance(expected, list | tuple) else [expected]
+    normalized = normalize_answer(str(answer))
+    return any(normalized == normalize_answer(str(r)) for r in references)

@@ -41,12 +41,14 @@ def run_report(
     metadata: Mapping[str, Any],
     files: Iterable[str] = (),
     idata=None,
+    calibration: Mapping[str, Any] | None = None,
 ) -> str:
     """The HTML report of one run: summary table, warnings, answers, runs, figures.
 
     ``metadata`` is shown as a table (program, method, model...); ``files``
     are linked relative to the report; ``idata`` (``to_inference_data``)
-    enables the rank plot when there are several runs.
+    enables the rank plot when there are several runs; ``calibration`` (a
+    ``Decision.to_dict()``) adds the calibrated decision and its guarantee.
 
     Example:
         >>> page = run_report(post, diagnose(post), title="lipogram", metadata={})  # doctest: +SKIP
@@ -145,6 +147,7 @@ def run_report(
         _warnings(d.warnings),
         "<h2>Summary</h2>",
         _table(["quantity", "value"], [[_cell(k), _cell(v)] for k, v in summary], "summary"),
+        *_decision(calibration),
         "<h2>Answers</h2>",
         _table(answer_header, answer_rows, "answers"),
         "<h2>Runs</h2>",
@@ -173,12 +176,15 @@ def dataset_report(
     title: str,
     metadata: Mapping[str, Any],
     total: int,
+    calibration: Mapping[str, Any] | None = None,
 ) -> str:
     """The HTML report of a dataset run: one row per finished problem.
 
     Each row has ``index``, ``input``, ``answer`` (MAP label), ``probability``,
     ``lower``, ``upper``, ``expected`` (or None), ``correct`` (or None),
-    ``ess``, ``pareto_k``, ``max_rhat``, ``warnings`` (count) and ``link``.
+    ``ess``, ``pareto_k``, ``max_rhat``, ``warnings`` (count) and ``link``,
+    and ``calibration`` when a calibration was applied; ``calibration``
+    (``rundir.calibration_summary``) then adds how the decisions did.
 
     Example:
         >>> page = dataset_report(rows, title="gsm", metadata={}, total=10)  # doctest: +SKIP
@@ -213,6 +219,7 @@ def dataset_report(
             _cell(_number(r["max_rhat"]), "num"),
             _cell(str(r["warnings"]), "num"),
         ]
+        + ([_cell(_calibrated_cell(r.get("calibration")), "text")] if calibration else [])
         for r in rows
     ]
     parts = [
@@ -220,6 +227,7 @@ def dataset_report(
         f"<h1>{_esc(title)}</h1>",
         "<h2>Summary</h2>",
         _table(["quantity", "value"], [[_cell(k), _cell(v)] for k, v in summary], "summary"),
+        *_calibration_summary(calibration),
         "<h2>Problems</h2>",
         _table(
             [
@@ -233,7 +241,8 @@ def dataset_report(
                 "Pareto k",
                 "R-hat",
                 "warnings",
-            ],
+            ]
+            + (["calibrated decision"] if calibration else []),
             problem_rows,
             "problems",
         ),
@@ -241,6 +250,62 @@ def dataset_report(
         "</body>\n</html>\n",
     ]
     return "\n".join(parts)
+
+
+def _decision(decision: Mapping[str, Any] | None) -> list[str]:
+    """The calibrated decision of one run: headline, numbers, guarantee, notes."""
+    if not decision:
+        return []
+    rows = [[_cell(str(k)), _cell(_value(v))] for k, v in decision["details"].items()]
+    notes = "".join(f"<li>{_esc(n)}</li>" for n in decision["notes"])
+    return [
+        '<section id="calibration"><h2>Calibrated decision</h2>',
+        f'<p class="decision"><strong>{_esc(decision["headline"])}</strong></p>',
+        f'<p class="guarantee">Guarantee: {_esc(decision["guarantee"])}</p>',
+        _table(["quantity", "value"], rows, "calibration-details"),
+        f'<ul class="warnings">{notes}</ul>' if notes else "",
+        "</section>",
+    ]
+
+
+def _calibration_summary(summary: Mapping[str, Any] | None) -> list[str]:
+    """How a dataset run's calibrated decisions did against the expected answers."""
+    if not summary:
+        return []
+    names = {
+        "coverage": "coverage (set holds an expected answer)",
+        "mean_set_size": "mean set size",
+        "empty_rate": "empty-set rate",
+        "answer_rate": "answer rate",
+        "answered": "answered and judged",
+        "risk": "error rate among answered",
+        "miss_rate": "miss rate (no expected answer found)",
+        "mean_samples": "mean samples drawn",
+    }
+    rows = [
+        [_cell("method"), _cell(summary["method"])],
+        [_cell("problems (judged)"), _cell(f"{summary['problems']} ({summary['judged']})")],
+    ]
+    rows += [[_cell(names[k]), _cell(_value(summary[k]))] for k in names if k in summary]
+    return [
+        '<section id="calibration"><h2>Calibrated decisions</h2>',
+        f'<p class="guarantee">Guarantee: {_esc(summary["guarantee"])}</p>',
+        _table(["quantity", "value"], rows, "calibration-summary"),
+        "</section>",
+    ]
+
+
+def _calibrated_cell(row: Mapping[str, Any] | None) -> str:
+    if not row:
+        return ""
+    mark = {True: " (holds expected)", False: " (misses expected)", None: ""}
+    return row["headline"] + mark[row["contains_expected"]]
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    return format_number(value) if isinstance(value, float) else str(value)
 
 
 def _head(title: str) -> str:

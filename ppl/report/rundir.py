@@ -24,13 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ppl.errors import InvalidArgumentError, ReportError, SerializationError
 from ppl.posterior import Posterior
 from ppl.report import html
 from ppl.report.diagnostics import Diagnostics, diagnose
 from ppl.report.genealogy import write_graphml
 from ppl.report.inference_data import to_inference_data
-from ppl.serialization import encode
+from ppl.serialization import decode, encode
+from ppl.tasks import answers_match
 
 FORMAT_VERSION = 1
 RESULT_FILE = "result.json"
@@ -112,13 +115,16 @@ def save_run(
     metadata: Mapping[str, Any],
     title: str | None = None,
     report: bool = True,
+    decision=None,
 ) -> Diagnostics:
     """Write a run directory for ``posterior`` and return its diagnostics.
 
     ``metadata`` (program, method, model, seed, input...) must be
     JSON-friendly. If the posterior holds values JSON cannot store, the
     other files are still written and ``result.json`` says why the posterior
-    is missing.
+    is missing. ``decision`` (an ``inference.conformal.Decision``) is a
+    calibrated decision about this run: it is saved under ``calibration``
+    in ``result.json`` and shown in the report.
 
     Example:
         >>> save_run(post, "runs/demo", metadata={"program": "lipogram"})  # doctest: +SKIP
@@ -144,6 +150,7 @@ def save_run(
         "diagnostics": diagnostics.to_dict(),
         "posterior": None,
         "posterior_error": None,
+        "calibration": decision.to_dict() if decision is not None else None,
     }
     if diagnostics.answers:
         best = diagnostics.answers[0]
@@ -166,6 +173,7 @@ def save_run(
             metadata=metadata,
             files=files,
             idata=idata,
+            calibration=result["calibration"],
         )
         atomic_write(directory / REPORT_FILE, lambda p: p.write_text(page))
     write_json(directory / RESULT_FILE, result)
@@ -244,6 +252,7 @@ def write_run_report(directory: str | Path, output: str | Path | None = None) ->
         metadata=saved.metadata,
         files=[os.path.relpath(saved.directory / f, output.parent) for f in files],
         idata=idata,
+        calibration=saved.result.get("calibration"),
     )
     atomic_write(output, lambda p: p.write_text(page))
     return output
@@ -287,7 +296,69 @@ def problem_row(index: int, result: Mapping[str, Any]) -> dict[str, Any]:
         "max_rhat": diagnostics["max_rhat"],
         "warnings": len(diagnostics["warnings"]),
         "link": f"{PROBLEMS_DIR}/{index:05d}/{RESULT_FILE}",
+        "calibration": _calibrated_row(result.get("calibration"), expected),
     }
+
+
+def _calibrated_row(decision: Mapping[str, Any] | None, expected: Any) -> dict[str, Any] | None:
+    """A problem's calibrated decision, and whether it holds the expected answer."""
+    if decision is None:
+        return None
+    answers = decision["answers"]
+    found = None
+    if expected is not None and answers is not None:
+        found = any(answers_match(decode(a), expected) for a in answers)
+    return {
+        "method": decision["method"],
+        "headline": decision["headline"],
+        "labels": decision["labels"],
+        "abstained": decision["abstained"],
+        "drawn": decision["details"].get("samples drawn"),
+        "contains_expected": found,
+        "guarantee": decision["guarantee"],
+    }
+
+
+def calibration_summary(rows: list[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """How the calibrated decisions of a dataset run did against the expected answers.
+
+    Answer sets: coverage (the set holds an expected answer), mean set size
+    and empty-set rate; abstention: answer rate and error rate among
+    answered; budget: miss rate and mean samples drawn. None when no
+    problem had a calibration applied.
+
+    Example:
+        >>> calibration_summary(read_result("runs/ds")["problems"])  # doctest: +SKIP
+        {'method': 'answer-sets', 'problems': 40, 'coverage': 0.9, ...}
+    """
+    decided = [r["calibration"] for r in rows if r.get("calibration")]
+    if not decided:
+        return None
+    judged = [d for d in decided if d["contains_expected"] is not None]
+    method = decided[0]["method"]
+    summary: dict[str, Any] = {
+        "method": method,
+        "problems": len(decided),
+        "judged": len(judged),
+        "guarantee": decided[0]["guarantee"],
+    }
+    hits = [d["contains_expected"] for d in judged]
+    if method == "answer-sets":
+        sizes = [len(d["labels"]) for d in decided]
+        summary["coverage"] = float(np.mean(hits)) if hits else None
+        summary["mean_set_size"] = float(np.mean(sizes))
+        summary["empty_rate"] = float(np.mean([s == 0 for s in sizes]))
+    elif method == "abstention":
+        answered = [d for d in judged if not d["abstained"]]
+        summary["answer_rate"] = float(np.mean([not d["abstained"] for d in decided]))
+        summary["answered"] = len(answered)
+        summary["risk"] = (
+            float(np.mean([not d["contains_expected"] for d in answered])) if answered else None
+        )
+    else:
+        summary["miss_rate"] = float(np.mean([not h for h in hits])) if hits else None
+        summary["mean_samples"] = float(np.mean([d["drawn"] for d in decided]))
+    return summary
 
 
 def save_dataset_summary(
@@ -311,6 +382,7 @@ def save_dataset_summary(
         "total": total,
         "finished": len(rows),
         "problems": rows,
+        "calibration": calibration_summary(rows),
     }
     if report:
         write_dataset_report(directory, summary)
@@ -338,6 +410,7 @@ def write_dataset_report(
         title=str(summary["metadata"].get("program", "pplscale dataset run")),
         metadata=summary["metadata"],
         total=summary["total"],
+        calibration=summary.get("calibration"),
     )
     atomic_write(output, lambda p: p.write_text(page))
     return output

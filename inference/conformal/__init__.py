@@ -1,0 +1,114 @@
+"""Calibrated decisions from posteriors: answer sets, abstention, sample budgets.
+
+Each method is calibrated on problems whose right answers are known and
+states what it guarantees on new problems drawn the same way:
+
+- ``AnswerSets(alpha)``: split conformal sets over answers; an acceptable
+  answer is in the set with probability >= 1 - alpha (capped by whether a
+  right answer was sampled at all).
+- ``Abstention(risk, delta)``: answer the MAP answer only above a
+  confidence threshold chosen by Learn-then-Test; with probability >= 1 -
+  delta, the error rate among answered problems is <= risk.
+- ``SampleBudget(epsilon, delta)``: a number of samples or an agreement
+  stopping rule; with probability >= 1 - delta, the samples drawn miss every
+  acceptable answer with probability <= epsilon.
+
+Calibration data comes from ``ppl run --dataset`` directories
+(``load_runs``), ``(posterior, expected)`` pairs (``from_posteriors``) or
+raw arrays (``calibrate_arrays``). A calibrated object saves to JSON
+(``save_calibration``) and ``load_calibration`` reads it back, which is
+what ``ppl calibrate`` and ``ppl run --calibration`` do.
+
+Example:
+    >>> from inference.conformal import AnswerSets, load_runs
+    >>> sets = AnswerSets(alpha=0.1).calibrate(load_runs("runs/cal"))  # doctest: +SKIP
+    >>> sets.evaluate(load_runs("runs/heldout"))                      # doctest: +SKIP
+    SetEvaluation(num_problems=40, coverage=0.9, mean_set_size=2.1, empty_rate=0.0)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from inference.conformal.abstention import Abstention, AbstentionEvaluation
+from inference.conformal.answer_sets import AnswerSets, SetEvaluation
+from inference.conformal.budget import BudgetEvaluation, SampleBudget
+from inference.conformal.data import (
+    CalibrationData,
+    CalibrationExample,
+    answers_match,
+    confidence_of,
+    from_posteriors,
+    load_runs,
+)
+from inference.conformal.decision import Decision
+from inference.conformal.ltt import binomial_pvalues, select
+from ppl.errors import CalibrationError
+
+FORMAT_VERSION = 1
+KIND = "pplscale-calibration"
+Calibration = AnswerSets | Abstention | SampleBudget
+METHODS = {cls.method: cls for cls in (AnswerSets, Abstention, SampleBudget)}
+
+
+def save_calibration(calibration: Calibration, path: str | Path, **provenance) -> None:
+    """Write a calibrated object as JSON; ``provenance`` (source, created...) is kept with it.
+
+    Example:
+        >>> save_calibration(sets, "calib.json", source="runs/cal")  # doctest: +SKIP
+    """
+    data = {
+        "format": FORMAT_VERSION,
+        "kind": KIND,
+        **calibration.to_dict(),
+        "provenance": provenance,
+    }
+    Path(path).write_text(json.dumps(data, indent=1))
+
+
+def load_calibration(path: str | Path) -> Calibration:
+    """Read a calibration written by ``save_calibration`` (or ``ppl calibrate``).
+
+    Example:
+        >>> load_calibration("calib.json").predict(post).text()  # doctest: +SKIP
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as error:
+        raise CalibrationError(f"cannot read calibration file {path}: {error.strerror}") from None
+    except json.JSONDecodeError as error:
+        raise CalibrationError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(data, dict) or data.get("kind") != KIND:
+        raise CalibrationError(f"{path} is not a calibration file (write one with ppl calibrate)")
+    if data.get("format") != FORMAT_VERSION or data.get("method") not in METHODS:
+        raise CalibrationError(
+            f"{path} has an unsupported calibration format or method ({data.get('method')!r})"
+        )
+    try:
+        return METHODS[data["method"]].from_dict(data)
+    except (KeyError, TypeError, ValueError) as error:
+        raise CalibrationError(f"calibration file {path} is corrupt: {error!r}") from None
+
+
+__all__ = [
+    "Abstention",
+    "AbstentionEvaluation",
+    "AnswerSets",
+    "BudgetEvaluation",
+    "Calibration",
+    "CalibrationData",
+    "CalibrationError",
+    "CalibrationExample",
+    "Decision",
+    "SampleBudget",
+    "SetEvaluation",
+    "answers_match",
+    "binomial_pvalues",
+    "confidence_of",
+    "from_posteriors",
+    "load_calibration",
+    "load_runs",
+    "save_calibration",
+    "select",
+]

@@ -1,0 +1,278 @@
+"""Answer or abstain: a confidence threshold chosen by Learn-then-Test."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from inference.conformal.answer_sets import _as_data
+from inference.conformal.data import MAP_PROBABILITY, CalibrationData, confidence_of
+from inference.conformal.decision import Decision
+from inference.conformal.ltt import binomial_pvalues, check_level, check_testing, select
+from ppl.errors import CalibrationError, InvalidArgumentError
+from ppl.posterior import Posterior
+from ppl.report.labels import answer_label
+
+# Thresholds 1.00, 0.99, ..., 0.00: most conservative (answer least) first.
+DEFAULT_THRESHOLDS = tuple(round(1 - j / 100, 2) for j in range(101))
+# A MAP answer every particle agrees on sums to 1 only up to rounding.
+TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class AbstentionEvaluation:
+    """How the abstention rule did on held-out problems (``risk`` is NaN if none answered)."""
+
+    num_problems: int
+    num_answered: int
+    answer_rate: float
+    risk: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Abstention:
+    """Give the MAP answer only when its confidence reaches a calibrated threshold.
+
+    Confidence is the MAP answer's posterior mass (``confidence=
+    "map-probability"``) or a verifier score recorded in a ``ppl.memo``
+    site (its name; see ``confidence_of``). For each candidate threshold
+    ``lambda`` (``thresholds``, tested from the highest down), the null
+    ``risk(lambda) > risk`` is tested with the binomial tail p-value of the
+    errors among the calibration problems answered at ``lambda``; given
+    which problems are answered, their errors are independent with
+    probability ``risk(lambda)``, so the p-value is valid.
+    Fixed-sequence testing from ``starts`` evenly spaced start points, each
+    at level ``delta / starts`` (or Bonferroni, ``testing="bonferroni"``),
+    keeps the chance of any false rejection below ``delta``, and the lowest
+    rejected threshold is chosen. ``starts=1`` is plain fixed-sequence
+    testing, the most powerful when the highest thresholds already answer
+    many calibration problems (vote shares, where unanimity is common);
+    the default of 4 start points (1.0, 0.75, 0.5, 0.25) keeps continuous
+    scores, which rarely reach 1, from stalling at the top.
+
+    Guarantee: if calibration and new problems are exchangeable, then with
+    probability at least ``1 - delta`` over the calibration draw, the error
+    rate among the problems the rule answers is at most ``risk``. When no
+    threshold passes (too few calibration problems, or errors even at the
+    highest confidence), the rule abstains on everything (``threshold =
+    inf``), which satisfies the guarantee trivially. Each fixed-sequence walk
+    stops at the first threshold it cannot reject, and a threshold can only
+    be rejected when it answers, with no errors, at least
+    ``log(delta / starts) / log(1 - risk)`` calibration problems; several
+    start points keep a walk that begins above every confidence seen from
+    ending the search.
+
+    Example:
+        >>> rule = Abstention(risk=0.1, delta=0.1)
+        >>> rule.calibrate(load_runs("runs/cal"))  # doctest: +SKIP
+        >>> rule.threshold, rule.answer_rate       # doctest: +SKIP
+        (0.8, 0.35)
+        >>> rule.predict(post).abstained           # doctest: +SKIP
+        True
+    """
+
+    method = "abstention"
+
+    def __init__(
+        self,
+        risk: float,
+        delta: float = 0.1,
+        *,
+        confidence: str = MAP_PROBABILITY,
+        thresholds=DEFAULT_THRESHOLDS,
+        testing: str = "fixed-sequence",
+        starts: int = 4,
+    ):
+        self.risk = check_level("risk", risk)
+        self.delta = check_level("delta", delta)
+        if not isinstance(confidence, str) or not confidence:
+            raise InvalidArgumentError(
+                f"confidence must be {MAP_PROBABILITY!r} or a memo site name, got {confidence!r}"
+            )
+        self.confidence = confidence
+        self.thresholds = np.asarray(thresholds, dtype=float)
+        if (
+            self.thresholds.ndim != 1
+            or not len(self.thresholds)
+            or (np.diff(self.thresholds) >= 0).any()
+        ):
+            raise InvalidArgumentError("thresholds must be a non-empty, strictly decreasing list")
+        check_testing(testing)
+        self.testing = testing
+        self.starts = starts
+        self.threshold: float | None = None
+        self.pvalues = np.array([])
+        self.num_calibration = 0
+        self.answer_rate = math.nan
+        self.calibration_risk = math.nan
+
+    # --- calibration ---------------------------------------------------------
+    def calibrate(self, data) -> Abstention:
+        """Calibrate on ``CalibrationData`` (or ``(posterior, expected)`` pairs)."""
+        confidence, correct = self._outcomes(_as_data(data))
+        return self.calibrate_arrays(confidence, correct)
+
+    def calibrate_arrays(self, confidence, correct) -> Abstention:
+        """Calibrate on raw arrays: each problem's confidence and whether its answer is right.
+
+        Example:
+            >>> rule = Abstention(0.2, 0.1).calibrate_arrays([0.9] * 40 + [0.3] * 40,
+            ...                                              [True] * 40 + [False] * 40)
+            >>> rule.threshold, rule.answer_rate
+            (0.31, 0.5)
+        """
+        confidence, correct = _check_arrays(confidence, correct)
+        answered = confidence[:, None] + TOLERANCE >= self.thresholds[None, :]
+        trials = answered.sum(axis=0)
+        errors = (answered & ~correct[:, None]).sum(axis=0)
+        self.pvalues = binomial_pvalues(errors, trials, self.risk)
+        chosen = int(select(self.pvalues, self.delta, self.testing, starts=self.starts))
+        self.num_calibration = len(confidence)
+        if chosen < 0:
+            self.threshold = math.inf
+            self.answer_rate, self.calibration_risk = 0.0, math.nan
+        else:
+            self.threshold = float(self.thresholds[chosen])
+            self.answer_rate = float(trials[chosen] / len(confidence))
+            self.calibration_risk = float(errors[chosen] / trials[chosen])
+        return self
+
+    # --- decisions -----------------------------------------------------------
+    def answers(self, confidence) -> np.ndarray:
+        """Whether the rule answers at each confidence value."""
+        return np.asarray(confidence, dtype=float) + TOLERANCE >= self._require()
+
+    def predict(self, posterior: Posterior, *, seed: int | None = None) -> Decision:
+        """Answer (the MAP answer) or abstain on one posterior. ``seed`` is unused."""
+        threshold = self._require()
+        confidence = confidence_of(posterior, self.confidence)
+        answer = not posterior.is_empty and bool(self.answers(confidence))
+        best = posterior.map_answer() if not posterior.is_empty else None
+        label = answer_label(best)
+        if answer:
+            headline = f"answer {label} (confidence {confidence:.3f} >= threshold {threshold:.3f})"
+        elif posterior.is_empty:
+            headline = "abstain (empty posterior)"
+        else:
+            headline = (
+                f"abstain: MAP answer {label} has confidence {confidence:.3f} < threshold "
+                f"{threshold:.3f}"
+            )
+        return Decision(
+            method=self.method,
+            headline=headline,
+            answers=(best,) if answer else (),
+            probabilities=(posterior.answer_distribution()[best],) if answer else (),
+            abstained=not answer,
+            details={
+                "confidence": self.confidence,
+                "value": confidence,
+                "threshold": threshold,
+                "target risk": self.risk,
+                "delta": self.delta,
+                "calibration problems": self.num_calibration,
+                "calibration answer rate": self.answer_rate,
+                "calibration risk": self.calibration_risk,
+            },
+            guarantee=self.guarantee(),
+        )
+
+    def guarantee(self) -> str:
+        """The promise of this rule, in words."""
+        return (
+            f"with probability >= {1 - self.delta:.2f} over the calibration draw, the error rate "
+            f"among answered problems is <= {self.risk:.2f} (Learn-then-Test, binomial tail, "
+            f"{self._procedure()}, {self.num_calibration} exchangeable calibration problems)"
+        )
+
+    def _procedure(self) -> str:
+        if self.testing == "bonferroni" or self.starts == 1:
+            return self.testing
+        return f"fixed-sequence from {self.starts} start points"
+
+    # --- evaluation ----------------------------------------------------------
+    def evaluate(self, data) -> AbstentionEvaluation:
+        """Answer rate and error rate among answered on held-out problems."""
+        confidence, correct = self._outcomes(_as_data(data))
+        return self.evaluate_arrays(confidence, correct)
+
+    def evaluate_arrays(self, confidence, correct) -> AbstentionEvaluation:
+        """``evaluate`` on raw arrays (see ``calibrate_arrays``)."""
+        confidence, correct = _check_arrays(confidence, correct)
+        answered = self.answers(confidence)
+        count = int(answered.sum())
+        return AbstentionEvaluation(
+            num_problems=len(confidence),
+            num_answered=count,
+            answer_rate=count / len(confidence),
+            risk=float(np.mean(~correct[answered])) if count else math.nan,
+        )
+
+    # --- internals -----------------------------------------------------------
+    def _outcomes(self, data: CalibrationData) -> tuple[np.ndarray, np.ndarray]:
+        confidence = [confidence_of(e.posterior, self.confidence) for e in data]
+        correct = [
+            not e.posterior.is_empty and e.posterior.map_answer() in e.acceptable for e in data
+        ]
+        return np.array(confidence, dtype=float), np.array(correct, dtype=bool)
+
+    def _require(self) -> float:
+        if self.threshold is None:
+            raise CalibrationError("this abstention rule is not calibrated: call calibrate first")
+        return self.threshold
+
+    # --- persistence ---------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        self._require()
+        return {
+            "method": self.method,
+            "risk": self.risk,
+            "delta": self.delta,
+            "confidence": self.confidence,
+            "thresholds": self.thresholds.tolist(),
+            "testing": self.testing,
+            "starts": self.starts,
+            "threshold": self.threshold,
+            "pvalues": self.pvalues.tolist(),
+            "num_calibration": self.num_calibration,
+            "answer_rate": self.answer_rate,
+            "calibration_risk": self.calibration_risk,
+            "guarantee": self.guarantee(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Abstention:
+        rule = cls(
+            data["risk"],
+            data["delta"],
+            confidence=data["confidence"],
+            thresholds=data["thresholds"],
+            testing=data["testing"],
+            starts=data["starts"],
+        )
+        rule.threshold = float(data["threshold"])
+        rule.pvalues = np.asarray(data["pvalues"], dtype=float)
+        rule.num_calibration = int(data["num_calibration"])
+        rule.answer_rate = float(data["answer_rate"])
+        rule.calibration_risk = float(data["calibration_risk"])
+        return rule
+
+    def __repr__(self) -> str:
+        return f"<Abstention risk={self.risk} delta={self.delta} threshold={self.threshold}>"
+
+
+def _check_arrays(confidence, correct) -> tuple[np.ndarray, np.ndarray]:
+    confidence = np.asarray(confidence, dtype=float)
+    correct = np.asarray(correct)
+    if confidence.ndim != 1 or not len(confidence) or np.isnan(confidence).any():
+        raise InvalidArgumentError("confidence must be a non-empty 1-d array of numbers")
+    if correct.shape != confidence.shape or correct.dtype != bool:
+        raise InvalidArgumentError(
+            f"correct must be {len(confidence)} booleans, one per confidence value"
+        )
+    return confidence, correct

@@ -1,0 +1,322 @@
+"""How many samples to draw: a sample budget or stopping rule chosen by Learn-then-Test."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from inference.conformal.answer_sets import _as_data
+from inference.conformal.data import CalibrationData
+from inference.conformal.decision import Decision
+from inference.conformal.ltt import binomial_pvalues, check_level, select
+from ppl.errors import CalibrationError, InvalidArgumentError
+from ppl.posterior import Posterior
+from ppl.report.labels import answer_label
+
+RULES = ("fixed", "agreement")
+
+
+@dataclass(frozen=True)
+class BudgetEvaluation:
+    """How the budget did on held-out problems."""
+
+    num_problems: int
+    miss_rate: float
+    mean_samples: float
+    samples_saved: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class SampleBudget:
+    """Draw samples until a calibrated rule says enough, missing a right answer rarely.
+
+    Samples are drawn one after another (the particles of a run, in order)
+    up to ``max_samples``. ``rule="fixed"`` draws a fixed number ``k``;
+    ``rule="agreement"`` stops as soon as ``m`` samples agree on one answer
+    (the set of answers found so far is then confident enough), or at
+    ``max_samples``. The parameter (``k`` or ``m``) is chosen by
+    Learn-then-Test: from the most conservative value (``max_samples``)
+    down, the null "the chance that no sample drawn before stopping is
+    acceptable exceeds ``epsilon``" is tested with the binomial tail p-value
+    of the misses among calibration problems, by fixed-sequence testing at
+    level ``delta``; the smallest rejected value is kept.
+
+    Guarantee: if calibration and new problems are exchangeable and sampled
+    the same way, then with probability at least ``1 - delta`` over the
+    calibration draw, the chance that the samples drawn before stopping
+    contain no acceptable answer is at most ``epsilon``. That counts the
+    answers found, not a single final answer (combine with ``AnswerSets`` or
+    ``Abstention`` to pick). Samples must be exchangeable draws in the
+    order given, as the particles of importance sampling are; SMC particles
+    are not. If even ``max_samples`` misses too often, no budget is
+    certified (``feasible`` is False) and the rule draws ``max_samples``.
+    ``samples_saved`` is the expected fraction of ``max_samples`` not drawn.
+
+    Example:
+        >>> budget = SampleBudget(epsilon=0.2, delta=0.1, rule="agreement")
+        >>> budget.calibrate(load_runs("runs/cal"))        # doctest: +SKIP
+        >>> budget.parameter, budget.samples_saved         # doctest: +SKIP
+        (3, 0.41)
+    """
+
+    method = "budget"
+
+    def __init__(
+        self,
+        epsilon: float,
+        delta: float = 0.1,
+        *,
+        rule: str = "fixed",
+        max_samples: int | None = None,
+    ):
+        self.epsilon = check_level("epsilon", epsilon)
+        self.delta = check_level("delta", delta)
+        if rule not in RULES:
+            raise InvalidArgumentError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
+        self.rule = rule
+        if max_samples is not None and (
+            isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1
+        ):
+            raise InvalidArgumentError(f"max_samples must be a positive int, got {max_samples!r}")
+        self.max_samples = max_samples
+        self.parameter: int | None = None
+        self.feasible = False
+        self.pvalues = np.array([])
+        self.num_calibration = 0
+        self.calibration_miss_rate = math.nan
+        self.samples_saved = math.nan
+        self.mean_samples = math.nan
+
+    # --- calibration ---------------------------------------------------------
+    def calibrate(self, data) -> SampleBudget:
+        """Calibrate on ``CalibrationData`` (or pairs); every run needs ``max_samples`` particles.
+
+        ``max_samples`` defaults to the fewest particles of any calibration run.
+        """
+        data = _as_data(data)
+        if self.max_samples is None:
+            self.max_samples = min(e.posterior.num_particles for e in data)
+        answers, acceptable = self._outcomes(data)
+        return self.calibrate_arrays(answers, acceptable)
+
+    def calibrate_arrays(self, answers, acceptable) -> SampleBudget:
+        """Calibrate on raw arrays ``(problems, samples)``: answer ids (-1: none) and rightness.
+
+        Example:
+            >>> answers = [[0, 0, 1, 0]] * 200
+            >>> acceptable = [[True, True, False, True]] * 190 + [[False] * 4] * 10
+            >>> budget = SampleBudget(0.1, 0.1).calibrate_arrays(answers, acceptable)
+            >>> budget.parameter, budget.samples_saved
+            (1, 0.75)
+        """
+        answers, acceptable = self._check_arrays(answers, acceptable)
+        used, missed = self._play(answers, acceptable, self._candidates())
+        self.pvalues = binomial_pvalues(missed.sum(axis=0), len(answers), self.epsilon)
+        chosen = int(select(self.pvalues, self.delta))
+        self.feasible = chosen >= 0
+        index = chosen if self.feasible else 0
+        self.parameter = int(self._candidates()[index])
+        self.num_calibration = len(answers)
+        self.calibration_miss_rate = float(missed[:, index].mean())
+        self.mean_samples = float(used[:, index].mean())
+        self.samples_saved = 1.0 - self.mean_samples / self.max_samples
+        return self
+
+    # --- decisions -----------------------------------------------------------
+    def stop(self, answers) -> int:
+        """How many of these samples (answer ids, -1 for none) the rule draws."""
+        answers = np.asarray(answers).reshape(1, -1)
+        self._require()
+        used, _ = self._play(answers, np.zeros(answers.shape, bool), np.array([self.parameter]))
+        return int(used[0, 0])
+
+    def predict(self, posterior: Posterior, *, seed: int | None = None) -> Decision:
+        """Where the rule stops on a run's particles, and the answers found. ``seed`` is unused."""
+        self._require()
+        answers = [
+            a if lw > -math.inf else None
+            for a, lw in zip(posterior.answers, posterior.log_weights, strict=True)
+        ]
+        notes = []
+        if len(answers) < self.max_samples:
+            notes.append(
+                f"the run has {len(answers)} particles, fewer than the {self.max_samples} "
+                "calibrated; the guarantee does not cover it"
+            )
+        ids = _ids([answers[: self.max_samples]])
+        drawn = self.stop(ids[0]) if len(answers) else 0
+        counts = Counter(a for a in answers[:drawn] if a is not None)
+        found = [a for a, _ in counts.most_common()]
+        shown = ", ".join(answer_label(a) for a in found) if found else "none"
+        if not self.feasible:
+            notes.append(
+                f"no budget up to {self.max_samples} samples was certified to miss at most "
+                f"{self.epsilon:.2f} of the time"
+            )
+        return Decision(
+            method=self.method,
+            headline=f"stop after {drawn} of {len(answers)} samples; answers found: {shown}",
+            answers=tuple(found),
+            probabilities=tuple(counts[a] / drawn for a in found),
+            details={
+                "rule": self.rule,
+                self._parameter_name(): self.parameter,
+                "max samples": self.max_samples,
+                "samples drawn": drawn,
+                "samples saved": len(answers) - drawn,
+                "epsilon": self.epsilon,
+                "delta": self.delta,
+                "calibration problems": self.num_calibration,
+                "calibration miss rate": self.calibration_miss_rate,
+                "expected fraction saved": self.samples_saved,
+            },
+            guarantee=self.guarantee(),
+            notes=tuple(notes),
+        )
+
+    def guarantee(self) -> str:
+        """The promise of this budget, in words."""
+        if not self.feasible:
+            return (
+                f"none: even {self.max_samples} samples missed a right answer too often to certify "
+                f"a miss rate <= {self.epsilon:.2f}"
+            )
+        return (
+            f"with probability >= {1 - self.delta:.2f} over the calibration draw, the samples "
+            f"drawn before stopping miss every acceptable answer with probability <= "
+            f"{self.epsilon:.2f} (Learn-then-Test, binomial tail, fixed-sequence over "
+            f"{self._parameter_name()}, {self.num_calibration} exchangeable calibration problems; "
+            "samples must be independent draws in particle order, as in importance sampling)"
+        )
+
+    # --- evaluation ----------------------------------------------------------
+    def evaluate(self, data) -> BudgetEvaluation:
+        """Miss rate, mean samples drawn and fraction saved on held-out problems."""
+        answers, acceptable = self._outcomes(_as_data(data))
+        return self.evaluate_arrays(answers, acceptable)
+
+    def evaluate_arrays(self, answers, acceptable) -> BudgetEvaluation:
+        """``evaluate`` on raw arrays (see ``calibrate_arrays``)."""
+        self._require()
+        answers, acceptable = self._check_arrays(answers, acceptable)
+        used, missed = self._play(answers, acceptable, np.array([self.parameter]))
+        return BudgetEvaluation(
+            num_problems=len(answers),
+            miss_rate=float(missed.mean()),
+            mean_samples=float(used.mean()),
+            samples_saved=float(1.0 - used.mean() / self.max_samples),
+        )
+
+    # --- internals -----------------------------------------------------------
+    def _candidates(self) -> np.ndarray:
+        return np.arange(self.max_samples, 0, -1)
+
+    def _parameter_name(self) -> str:
+        return "samples" if self.rule == "fixed" else "agreeing samples"
+
+    def _play(self, answers, acceptable, parameters) -> tuple[np.ndarray, np.ndarray]:
+        """Samples drawn and whether all of them missed, per problem and parameter."""
+        size = answers.shape[1]
+        if self.rule == "fixed":
+            used = np.broadcast_to(np.minimum(parameters, size), (len(answers), len(parameters)))
+        else:
+            ids = _first_positions(answers)
+            same = (ids[:, :, None] == np.arange(size)) & (ids[:, :, None] >= 0)
+            leading = np.cumsum(same, axis=1).max(axis=2)
+            reached = leading[:, :, None] >= parameters[None, None, :]
+            used = np.where(reached.any(axis=1), reached.argmax(axis=1) + 1, size)
+        first_right = np.where(acceptable.any(axis=1), acceptable.argmax(axis=1), size)
+        return used, first_right[:, None] >= used
+
+    def _outcomes(self, data: CalibrationData) -> tuple[np.ndarray, np.ndarray]:
+        answers, acceptable = [], []
+        for example in data:
+            values, right = example.sample_outcomes()
+            if len(values) < self.max_samples:
+                raise CalibrationError(
+                    f"{example.source or 'a calibration run'} has {len(values)} particles; the "
+                    f"budget needs at least max_samples={self.max_samples} per run"
+                )
+            answers.append(values[: self.max_samples])
+            acceptable.append(right[: self.max_samples])
+        return _ids(answers), np.array(acceptable, dtype=bool)
+
+    def _check_arrays(self, answers, acceptable) -> tuple[np.ndarray, np.ndarray]:
+        answers = np.asarray(answers)
+        acceptable = np.asarray(acceptable)
+        if answers.ndim != 2 or 0 in answers.shape or not np.issubdtype(answers.dtype, np.integer):
+            raise InvalidArgumentError("answers must be a non-empty (problems, samples) int array")
+        if acceptable.shape != answers.shape or acceptable.dtype != bool:
+            raise InvalidArgumentError(f"acceptable must be a bool array of shape {answers.shape}")
+        if self.max_samples is None:
+            self.max_samples = answers.shape[1]
+        if answers.shape[1] < self.max_samples:
+            raise InvalidArgumentError(
+                f"answers have {answers.shape[1]} samples per problem; max_samples is "
+                f"{self.max_samples}"
+            )
+        return answers[:, : self.max_samples], acceptable[:, : self.max_samples]
+
+    def _require(self) -> None:
+        if self.parameter is None:
+            raise CalibrationError("this sample budget is not calibrated: call calibrate first")
+
+    # --- persistence ---------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        self._require()
+        return {
+            "method": self.method,
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "rule": self.rule,
+            "max_samples": self.max_samples,
+            "parameter": self.parameter,
+            "feasible": self.feasible,
+            "pvalues": self.pvalues.tolist(),
+            "num_calibration": self.num_calibration,
+            "calibration_miss_rate": self.calibration_miss_rate,
+            "mean_samples": self.mean_samples,
+            "samples_saved": self.samples_saved,
+            "guarantee": self.guarantee(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SampleBudget:
+        budget = cls(
+            data["epsilon"], data["delta"], rule=data["rule"], max_samples=data["max_samples"]
+        )
+        budget.parameter = int(data["parameter"])
+        budget.feasible = bool(data["feasible"])
+        budget.pvalues = np.asarray(data["pvalues"], dtype=float)
+        budget.num_calibration = int(data["num_calibration"])
+        budget.calibration_miss_rate = float(data["calibration_miss_rate"])
+        budget.mean_samples = float(data["mean_samples"])
+        budget.samples_saved = float(data["samples_saved"])
+        return budget
+
+    def __repr__(self) -> str:
+        return (
+            f"<SampleBudget epsilon={self.epsilon} delta={self.delta} rule={self.rule} "
+            f"parameter={self.parameter}>"
+        )
+
+
+def _ids(rows) -> np.ndarray:
+    """Answers (hashable, None for no answer) as ints per row: -1 for None, else first position."""
+    ids = []
+    for row in rows:
+        first: dict[Any, int] = {}
+        ids.append([-1 if a is None else first.setdefault(a, j) for j, a in enumerate(row)])
+    return np.array(ids, dtype=int).reshape(len(ids), -1)
+
+
+def _first_positions(answers: np.ndarray) -> np.ndarray:
+    """Int answer ids (-1 for none) renamed to the position of their first occurrence in the row."""
+    first = (answers[:, :, None] == answers[:, None, :]).argmax(axis=2)
+    return np.where(answers < 0, -1, first)

@@ -1,0 +1,233 @@
+"""Calibration data: posteriors paired with the answers that are right.
+
+A calibration problem is a ``Posterior`` from any engine and the expected
+answer. ``from_posteriors`` builds the data from ``(posterior, expected)``
+pairs; ``load_runs`` reads the problem directories that ``ppl run --dataset``
+writes (each holds the posterior and the dataset's ``answer`` in its
+``result.json``). Answers are judged with ``ppl.tasks.answers_match``: equal
+after ``ppl.tasks.normalize_answer`` (so ``"31"``, ``"31.0"`` and ``"$31"``
+match).
+
+The calibration methods also take raw arrays (``calibrate_arrays``), for
+scores computed elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ppl.errors import CalibrationError, InvalidArgumentError, ReportError
+from ppl.posterior import Posterior, normalized_weights
+from ppl.tasks import answers_match
+
+Judge = Callable[[Any, Any], bool]
+
+MAP_PROBABILITY = "map-probability"
+
+
+def confidence_of(posterior: Posterior, confidence: str = MAP_PROBABILITY) -> float:
+    """How sure ``posterior`` is of its MAP answer: its probability, or a verifier score.
+
+    ``confidence`` is ``"map-probability"`` (the MAP answer's posterior mass)
+    or the name of a numeric ``ppl.memo`` site (a verifier score): its
+    posterior-weighted mean over the particles that give the MAP answer.
+    An empty posterior has confidence 0.
+
+    Example:
+        >>> confidence_of(post), confidence_of(post, "final_check.score")  # doctest: +SKIP
+        (0.75, 0.91)
+    """
+    if posterior.is_empty:
+        return 0.0
+    distribution = posterior.answer_distribution()
+    best = next(iter(distribution))
+    if confidence == MAP_PROBABILITY:
+        return float(distribution[best])
+    weights = normalized_weights(posterior.log_weights)
+    total = value = 0.0
+    for trace, weight in zip(posterior.particles, weights, strict=True):
+        if weight > 0 and trace.answer == best:
+            if confidence not in trace:
+                raise CalibrationError(
+                    f"confidence site {confidence!r} is missing from a particle; give "
+                    f"'{MAP_PROBABILITY}' or the name of a numeric ppl.memo site"
+                )
+            score = trace[confidence].value
+            if isinstance(score, bool) or not isinstance(score, int | float):
+                score = float(score)
+            total += weight
+            value += weight * float(score)
+    return value / total
+
+
+@dataclass(frozen=True)
+class CalibrationExample:
+    """One calibration problem: a posterior, its expected answer, and which answers match it.
+
+    ``acceptable`` holds the answers of the posterior's particles (alive or
+    not) that the judge accepted; it is empty when no particle found a right
+    answer, which caps what any calibrated set can cover.
+    """
+
+    posterior: Posterior
+    expected: Any
+    acceptable: frozenset
+    source: str = ""
+
+    @property
+    def probabilities(self) -> dict[Any, float]:
+        """The candidate answers (positive posterior mass) and their probabilities."""
+        return self.posterior.answer_distribution()
+
+    @property
+    def sampled(self) -> bool:
+        """Whether an acceptable answer has positive posterior mass."""
+        return any(a in self.acceptable for a in self.probabilities)
+
+    def sample_outcomes(self) -> tuple[list[Any], list[bool]]:
+        """Each particle's answer, in order (None for zero weight), and whether it is right."""
+        answers, right = [], []
+        for answer, log_weight in zip(
+            self.posterior.answers, self.posterior.log_weights, strict=True
+        ):
+            alive = log_weight > -math.inf
+            answers.append(answer if alive else None)
+            right.append(alive and answer in self.acceptable)
+        return answers, right
+
+
+@dataclass(frozen=True)
+class CalibrationData:
+    """Calibration problems, in order; ``split`` makes a random calibration/held-out split.
+
+    Example:
+        >>> data = load_runs("runs/arith-cal")                   # doctest: +SKIP
+        >>> calibration, heldout = data.split(50, seed=0)        # doctest: +SKIP
+    """
+
+    examples: tuple[CalibrationExample, ...]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __iter__(self) -> Iterator[CalibrationExample]:
+        return iter(self.examples)
+
+    def __getitem__(self, index: int) -> CalibrationExample:
+        return self.examples[index]
+
+    def split(
+        self, num_calibration: int, *, seed: int = 0
+    ) -> tuple[CalibrationData, CalibrationData]:
+        """A random split into ``num_calibration`` problems and the rest."""
+        if not 0 < num_calibration < len(self):
+            raise InvalidArgumentError(
+                f"num_calibration must be between 1 and {len(self) - 1}, got {num_calibration}"
+            )
+        order = np.random.default_rng(seed).permutation(len(self))
+        pick = [self.examples[i] for i in order]
+        return (
+            CalibrationData(tuple(pick[:num_calibration])),
+            CalibrationData(tuple(pick[num_calibration:])),
+        )
+
+    @property
+    def sampled_rate(self) -> float:
+        """Fraction of problems where an acceptable answer has positive posterior mass."""
+        return float(np.mean([e.sampled for e in self.examples])) if self.examples else math.nan
+
+    @property
+    def accuracy(self) -> float:
+        """Fraction of problems whose MAP answer is acceptable."""
+        if not self.examples:
+            return math.nan
+        return float(
+            np.mean(
+                [
+                    not e.posterior.is_empty and e.posterior.map_answer() in e.acceptable
+                    for e in self
+                ]
+            )
+        )
+
+
+def from_posteriors(
+    pairs: Iterable[tuple[Posterior, Any]], *, judge: Judge = answers_match
+) -> CalibrationData:
+    """Calibration data from ``(posterior, expected_answer)`` pairs.
+
+    ``judge(answer, expected)`` says whether a particle's answer is right
+    (default ``answers_match``).
+
+    Example:
+        >>> data = from_posteriors([(ppl.importance(solve, lm, q, num_particles=8, seed=i), a)
+        ...                         for i, (q, a) in enumerate(problems)])  # doctest: +SKIP
+    """
+    examples = []
+    for index, pair in enumerate(pairs):
+        if not (isinstance(pair, Sequence) and len(pair) == 2 and isinstance(pair[0], Posterior)):
+            raise CalibrationError(
+                f"calibration item {index} must be a (Posterior, expected answer) pair"
+            )
+        posterior, expected = pair
+        examples.append(_example(posterior, expected, judge, f"item {index}"))
+    return _nonempty(CalibrationData(tuple(examples)), "the calibration pairs")
+
+
+def load_runs(directory: str | Path, *, judge: Judge = answers_match) -> CalibrationData:
+    """Calibration data from a ``ppl run --dataset`` directory (its ``problems/NNNNN/``).
+
+    Every finished problem counts, in index order; each needs the dataset's
+    expected answer (an ``answer`` or ``target`` field) and a saved posterior.
+
+    Example:
+        >>> data = load_runs("runs/arith-cal")  # doctest: +SKIP
+        >>> len(data), data.accuracy, data.sampled_rate  # doctest: +SKIP
+        (60, 0.3, 0.55)
+    """
+    from ppl.report import rundir
+
+    directory = Path(directory)
+    problems = directory / rundir.PROBLEMS_DIR
+    if not problems.is_dir():
+        raise CalibrationError(
+            f"{str(directory)!r} has no {rundir.PROBLEMS_DIR}/ directory: give the --out "
+            "directory of a `ppl run --dataset` run"
+        )
+    examples = []
+    for path in sorted(p for p in problems.iterdir() if p.is_dir()):
+        if not (path / rundir.RESULT_FILE).is_file():
+            continue
+        try:
+            saved = rundir.load_run(path)
+        except ReportError as error:
+            raise CalibrationError(str(error)) from None
+        if saved.posterior is None:
+            raise CalibrationError(
+                f"{path} has no saved posterior ({saved.result.get('posterior_error')})"
+            )
+        expected = saved.metadata.get("expected")
+        if expected is None:
+            raise CalibrationError(
+                f"{path} has no expected answer: calibration needs an 'answer' field on every "
+                "line of the dataset"
+            )
+        examples.append(_example(saved.posterior, expected, judge, str(path)))
+    return _nonempty(CalibrationData(tuple(examples)), f"{directory}/{rundir.PROBLEMS_DIR}")
+
+
+def _example(posterior: Posterior, expected: Any, judge: Judge, source: str) -> CalibrationExample:
+    acceptable = frozenset(a for a in set(posterior.answers) if judge(a, expected))
+    return CalibrationExample(posterior, expected, acceptable, source)
+
+
+def _nonempty(data: CalibrationData, where: str) -> CalibrationData:
+    if not len(data):
+        raise CalibrationError(f"{where} hold no finished problems to calibrate on")
+    return data
