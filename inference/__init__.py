@@ -10,12 +10,17 @@ from inference.mcmc import mh, parallel_tempering, particle_gibbs
 from inference.resampling import RESAMPLERS
 from inference.runs import run
 from inference.smc import smc
+from inference.variational import Guide, TwistHead, guided, learned_twist, svi, train_twist
 
 __all__ = [
     "RESAMPLERS",
     "DatasetRun",
+    "Guide",
+    "TwistHead",
     "beam",
+    "guided",
     "importance",
+    "learned_twist",
     "load_results",
     "mh",
     "parallel_tempering",
@@ -23,4 +28,6 @@ __all__ = [
     "run",
     "run_dataset",
     "smc",
+    "svi",
+    "train_twist",
 ]

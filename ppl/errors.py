@@ -86,3 +86,7 @@ class BadResponse(BackendError):
 
 class CapabilityError(BackendError):
     """A backend cannot do what was asked exactly (e.g. a logits processor over HTTP)."""
+
+
+class FitDiagnosticsError(PPLError):
+    """A NUTS fit whose diagnostics (R-hat, divergences, ESS) say it cannot be trusted."""
