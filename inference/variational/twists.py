@@ -310,7 +310,7 @@ def collect_twist_data(
     as verifier probabilities and hard constraints are).
 
     Example:
-        >>> data = collect_twist_data(head, no_e, lm, head, "The", num_particles=99)  # doctest: +SKIP
+        >>> data = collect_twist_data(head, no_e, lm, head, "A", num_particles=9)  # doctest: +SKIP
     """
     collected: list[torch.Tensor] = []
     token = _COLLECTING.set((head, collected))
