@@ -250,7 +250,9 @@ def learned_twist(name: str, head: TwistHead, lm, context: Context, step: Step) 
     ``ppl.memo`` site named ``name``, so it counts as a verifier call) from
     the backend's step features; the first call turns on
     ``lm.keep_hidden_states``, after which features cost no forward pass.
-    Returns ``log psi``.
+    Place it before the step's own checks (``ppl.condition``): training
+    examples come from the twist sites rollouts reach, and a head that never
+    sees a failing step cannot learn to avoid it. Returns ``log psi``.
 
     Example:
         >>> @ppl.program
