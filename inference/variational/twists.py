@@ -63,7 +63,7 @@ class TwistHead(nn.Module):
         [-0.693..., -0.693..., -0.693...]
     """
 
-    def __init__(self, feature_size: int, hidden_size: int = 0):
+    def __init__(self, feature_size: int, hidden_size: int = 0, *, seed: int = 0):
         super().__init__()
         if not (isinstance(feature_size, int) and feature_size >= 1):
             raise InvalidArgumentError(f"feature_size must be a positive int, got {feature_size!r}")
@@ -77,6 +77,12 @@ class TwistHead(nn.Module):
             self.net = nn.Sequential(
                 nn.Linear(feature_size, hidden_size), nn.Tanh(), nn.Linear(hidden_size, 1)
             )
+            # Initialise from ``seed``, not torch's global generator, so fits are reproducible.
+            generator = torch.Generator().manual_seed(seed)
+            bound = 1 / feature_size**0.5
+            with torch.no_grad():
+                for parameter in self.net[0].parameters():
+                    parameter.uniform_(-bound, bound, generator=generator)
         else:
             self.net = nn.Sequential(nn.Linear(feature_size, 1))
         nn.init.zeros_(self.net[-1].weight)
@@ -85,14 +91,13 @@ class TwistHead(nn.Module):
         self.register_buffer("feature_scale", torch.ones(feature_size))
 
     @classmethod
-    def for_lm(cls, lm, hidden_size: int = 0) -> TwistHead:
+    def for_lm(cls, lm, hidden_size: int = 0, *, seed: int = 0) -> TwistHead:
         """A fresh head sized for ``lm``'s step features.
 
         Example:
             >>> head = TwistHead.for_lm(lm, hidden_size=64)  # doctest: +SKIP
         """
-        size = _feature_size(lm)
-        return cls(size, hidden_size)
+        return cls(_feature_size(lm), hidden_size, seed=seed)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """The logit of success for each row of ``features`` (``[n, feature_size]``)."""
