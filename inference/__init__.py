@@ -13,12 +13,13 @@ from inference.conformal import (
     load_calibration,
     load_runs,
 )
-from inference.executors import DatasetRun, load_results, run_dataset
+from inference.executors import DatasetRun, load_results, map_problems, run_dataset
 from inference.importance import importance
 from inference.mcmc import mh, parallel_tempering, particle_gibbs
 from inference.resampling import RESAMPLERS
 from inference.runs import run
 from inference.smc import smc
+from inference.variational import Guide, TwistHead, guided, learned_twist, svi, train_twist
 
 __all__ = [
     "RESAMPLERS",
@@ -26,17 +27,24 @@ __all__ = [
     "AnswerSets",
     "CalibrationData",
     "DatasetRun",
+    "Guide",
     "SampleBudget",
+    "TwistHead",
     "beam",
     "from_posteriors",
+    "guided",
     "importance",
+    "learned_twist",
     "load_calibration",
     "load_results",
     "load_runs",
+    "map_problems",
     "mh",
     "parallel_tempering",
     "particle_gibbs",
     "run",
     "run_dataset",
     "smc",
+    "svi",
+    "train_twist",
 ]

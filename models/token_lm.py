@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import abc
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from ppl.errors import BackendError, InvalidArgumentError
+from ppl.errors import BackendError, CapabilityError, InvalidArgumentError
 from ppl.lm import LM, Context, LMStats, ScoreRequest, StepRequest, StepResult
 
 # Scoring materialises logits for every scored position; cap that memory.
 _SCORE_LOGITS_BUDGET = 256 * 2**20
+# Hidden states kept for step features (learned twists), oldest dropped first.
+_MAX_KEPT_HIDDEN_STATES = 16384
 
 
 class TokenLM(LM):
@@ -41,6 +44,10 @@ class TokenLM(LM):
     device: torch.device
     stats: LMStats
     _encoded: dict[Context, tuple[int, ...]]
+    # Opt-in: keep each sampled step's final hidden state for ``step_features``.
+    keep_hidden_states: bool = False
+    hidden_state_misses: int = 0  # steps whose features needed a forward pass of their own
+    _kept_hidden: OrderedDict | None = None
 
     # --- what a backend implements --------------------------------------------
     @abc.abstractmethod
@@ -69,6 +76,21 @@ class TokenLM(LM):
 
     def _end_sampling(self, rows: list[int], size: int) -> None:
         """Called when a sampling call's loop ends, with the rows still decoding."""
+
+    def _capture_hidden(self, on: bool) -> None:
+        """Make later ``_feed`` / ``_decode`` calls keep their last positions' hidden states."""
+        raise CapabilityError(f"{type(self).__name__} does not expose hidden states")
+
+    def _last_hidden(self) -> torch.Tensor:
+        """Last-layer hidden state at the last position of each row of the latest forward.
+
+        Rows are aligned with the logits that ``_feed`` / ``_decode`` returned.
+        """
+        raise CapabilityError(f"{type(self).__name__} does not expose hidden states")
+
+    def _token_embeddings(self, token_ids: list[int]) -> torch.Tensor:
+        """Input embeddings of ``token_ids``, ``[len(token_ids), hidden]``."""
+        raise CapabilityError(f"{type(self).__name__} does not expose token embeddings")
 
     # --- text <-> tokens ------------------------------------------------------
     def render(self, context: Context) -> str:
@@ -132,9 +154,26 @@ class TokenLM(LM):
             raise
 
     def _sample(self, requests: Sequence[StepRequest], generator) -> list[StepResult]:
+        keep_hidden = self.keep_hidden_states or any(
+            getattr(r.logits_processor, "uses_hidden_states", False) for r in requests
+        )
+        if keep_hidden:
+            self._capture_hidden(True)
+        try:
+            return self._sample_steps(requests, generator, keep_hidden)
+        finally:
+            if keep_hidden:
+                self._capture_hidden(False)
+
+    def _sample_steps(
+        self, requests: Sequence[StepRequest], generator, keep_hidden: bool
+    ) -> list[StepResult]:
         size = len(requests)
         logits, rows = self._feed([self.encode(r.context) for r in requests], [1] * size)
         logits = logits[:, -1, :]
+        # The hidden state whose prediction drew each request's latest token.
+        hidden = self._last_hidden() if keep_hidden else None
+        final_hidden: list[torch.Tensor | None] = [None] * size
         generated: list[list[int]] = [[] for _ in range(size)]
         logp = [0.0] * size
         logq = [0.0] * size
@@ -145,16 +184,23 @@ class TokenLM(LM):
             live = [row for row, j in enumerate(rows) if not done[j]]
             if len(live) < len(rows):
                 logits = logits[live]
+                if keep_hidden:
+                    hidden = hidden[live]
             live_requests = [rows[row] for row in live]
             # One uniform per request, drawn in request order: a request's tokens
             # depend on the seed and its own logits, never on the cache's row layout.
             uniforms = torch.rand(size, generator=generator, device=self.device)
             tokens, picked_p, picked_q = self._draw(
-                logits, [requests[j] for j in live_requests], generated, live_requests, uniforms
+                logits,
+                [requests[j] for j in live_requests],
+                generated,
+                live_requests,
+                uniforms,
+                hidden,
             )
             self.stats.tokens_generated += len(live)
-            for j, token, token_p, token_q in zip(
-                live_requests, tokens, picked_p, picked_q, strict=True
+            for position, (j, token, token_p, token_q) in enumerate(
+                zip(live_requests, tokens, picked_p, picked_q, strict=True)
             ):
                 generated[j].append(token)
                 logp[j] += token_p
@@ -165,11 +211,18 @@ class TokenLM(LM):
                     generated[j], requests[j].stop
                 ):
                     done[j] = True
+                if done[j] and keep_hidden:
+                    final_hidden[j] = hidden[position]
             if all(done):
                 break
             rows = self._shed(rows, done)
             logits = self._decode([None if done[j] else generated[j][-1] for j in rows])
+            if keep_hidden:
+                hidden = self._last_hidden()
         self._end_sampling(rows, size)
+        if self.keep_hidden_states:
+            for j, request in enumerate(requests):
+                self._keep_hidden(request.context, tuple(generated[j]), final_hidden[j])
         results = []
         for j in range(size):
             text_ids = generated[j][:-1] if finished[j] else generated[j]
@@ -187,8 +240,13 @@ class TokenLM(LM):
         generated: list[list[int]],
         indices: list[int],
         uniforms: torch.Tensor,
+        hidden: torch.Tensor | None = None,
     ) -> tuple[list[int], list[float], list[float]]:
-        """Sample one token per row from its proposal; return tokens, log p and log q."""
+        """Sample one token per row from its proposal; return tokens, log p and log q.
+
+        ``hidden`` (rows aligned with ``logits``) is passed to processors that
+        declare ``uses_hidden_states``.
+        """
         logits = logits.float()
         log_p = torch.log_softmax(logits, dim=-1)
         shaped = any(r.temperature != 1.0 or r.logits_processor for r in requests)
@@ -200,8 +258,11 @@ class TokenLM(LM):
                     groups.setdefault(request.logits_processor, []).append(row)
             for processor, group in groups.items():
                 index = torch.tensor(group, device=self.device)
+                extra = ()
+                if getattr(processor, "uses_hidden_states", False):
+                    extra = (hidden.index_select(0, index),)
                 processed = processor(
-                    proposal.index_select(0, index), [generated[indices[r]] for r in group]
+                    proposal.index_select(0, index), [generated[indices[r]] for r in group], *extra
                 )
                 proposal.index_copy_(0, index, processed.to(proposal.dtype))
             temperatures = torch.tensor(
@@ -221,6 +282,66 @@ class TokenLM(LM):
             log_q.gather(1, tokens[:, None]).squeeze(1).tolist() if shaped else list(picked_p)
         )
         return tokens.tolist(), picked_p, picked_q
+
+    def _keep_hidden(self, context: Context, token_ids: tuple[int, ...], hidden) -> None:
+        if self._kept_hidden is None:
+            self._kept_hidden = OrderedDict()
+        self._kept_hidden[(context, token_ids)] = hidden.detach().float().cpu()
+        if len(self._kept_hidden) > _MAX_KEPT_HIDDEN_STATES:
+            self._kept_hidden.popitem(last=False)
+
+    def step_features(self, steps: Sequence[tuple[Context, Sequence[int]]]) -> torch.Tensor:
+        """Features of each ``(context, step token ids)``: ``[len(steps), 2 * hidden]``.
+
+        A step's features are the last-layer hidden state at its second-to-last
+        position (the state whose prediction drew its last token: context plus
+        all of the step but that token) followed by the input embedding of its
+        last token, so they depend on the whole step. With
+        ``keep_hidden_states = True`` the sampling loop keeps these hidden
+        states as it decodes, and features of steps it drew cost no forward
+        pass; other steps are computed in one batched pass reusing cached
+        prefixes.
+
+        Example:
+            >>> lm.keep_hidden_states = True  # doctest: +SKIP
+            >>> request = ppl.StepRequest("The", max_tokens=4)  # doctest: +SKIP
+            >>> (result,) = lm.sample_steps([request], seed=0)  # doctest: +SKIP
+            >>> lm.step_features([("The", result.token_ids)]).shape  # doctest: +SKIP
+            torch.Size([1, 1152])
+        """
+        if not steps:
+            raise InvalidArgumentError("step_features needs at least one step")
+        # A plain tensor (not an inference-mode one), so heads can train on it.
+        return self._step_features(steps).clone()
+
+    @torch.inference_mode()
+    def _step_features(self, steps: Sequence[tuple[Context, Sequence[int]]]) -> torch.Tensor:
+        kept = self._kept_hidden if self._kept_hidden is not None else {}
+        hidden: list[torch.Tensor | None] = []
+        for context, token_ids in steps:
+            if not token_ids:
+                raise InvalidArgumentError("a step has at least one token; got an empty one")
+            hidden.append(kept.get((context, tuple(int(t) for t in token_ids))))
+        missing = [j for j, h in enumerate(hidden) if h is None]
+        if missing:
+            sequences = [
+                self.encode(steps[j][0]) + tuple(int(t) for t in steps[j][1][:-1]) for j in missing
+            ]
+            self._capture_hidden(True)
+            try:
+                _, rows = self._feed(sequences, [1] * len(sequences))
+                computed = self._last_hidden().float().cpu()
+            except Exception:
+                self._forget()
+                raise
+            finally:
+                self._capture_hidden(False)
+            for row, request in enumerate(rows):
+                hidden[missing[request]] = computed[row]
+            self.hidden_state_misses += len(missing)
+        last_tokens = [int(token_ids[-1]) for _, token_ids in steps]
+        embeddings = self._token_embeddings(last_tokens).float().cpu()
+        return torch.cat([torch.stack(hidden), embeddings], dim=1)
 
     @torch.inference_mode()
     def score_steps(self, requests: Sequence[ScoreRequest]) -> list[float]:

@@ -48,6 +48,8 @@ class TransformersLM(TokenLM):
         self._batch: KVBatch | None = None
         self._parked: list[tuple[KVBatch, list[int]]] = []
         self._encoded: dict[Context, tuple[int, ...]] = {}
+        self._capturing_hidden = False
+        self._hidden: torch.Tensor | None = None
 
     @classmethod
     def from_pretrained(
@@ -80,6 +82,18 @@ class TransformersLM(TokenLM):
     def _forget(self) -> None:
         self._batch = None
         self._parked = []
+
+    def _capture_hidden(self, on: bool) -> None:
+        self._capturing_hidden = on
+        if not on:
+            self._hidden = None
+
+    def _last_hidden(self) -> torch.Tensor:
+        return self._hidden
+
+    def _token_embeddings(self, token_ids: list[int]) -> torch.Tensor:
+        embedding = self.model.get_input_embeddings()
+        return embedding(torch.tensor(token_ids, device=self.device))
 
     def _shed(self, rows: list[int], done: list[bool]) -> list[int]:
         """Park the rows of ended steps once they are a quarter of the batch."""
@@ -157,6 +171,8 @@ class TransformersLM(TokenLM):
         rows_of_requests = [key_rows[k] for k in group]
         self._batch = batch.select(rows_of_requests)
         index = torch.tensor(rows_of_requests, device=self.device)
+        if self._capturing_hidden:
+            self._hidden = self._hidden.index_select(0, index)
         return logits.index_select(0, index), list(range(len(sequences)))
 
     def _decode(self, tokens: list[int | None]) -> torch.Tensor:
@@ -186,7 +202,11 @@ class TransformersLM(TokenLM):
             past_key_values=batch.cache,
             use_cache=True,
             logits_to_keep=num_logits,
+            output_hidden_states=self._capturing_hidden,
         )
+        if self._capturing_hidden:
+            # The last hidden state is the final norm's output, what the LM head reads.
+            self._hidden = output.hidden_states[-1][:, -1, :]
         logits = output.logits
         if not torch.isfinite(logits).all():
             raise BackendError("the model produced non-finite logits; check its weights and dtype")

@@ -20,6 +20,7 @@ from inference.importance import importance
 from inference.mcmc import mh, parallel_tempering, particle_gibbs
 from inference.runs import run
 from inference.smc import smc
+from inference.variational import Guide, TwistHead, guided, learned_twist, svi
 from ppl.distributions import LMStep
 from ppl.errors import (
     BackendError,
@@ -28,6 +29,7 @@ from ppl.errors import (
     CapabilityError,
     DuplicateSiteError,
     EmptyPosteriorError,
+    FitDiagnosticsError,
     InvalidArgumentError,
     MissingAnswerError,
     ModelNotInstalledError,
@@ -71,6 +73,8 @@ __all__ = [
     "Cost",
     "DuplicateSiteError",
     "EmptyPosteriorError",
+    "FitDiagnosticsError",
+    "Guide",
     "InvalidArgumentError",
     "LMStep",
     "MissingAnswerError",
@@ -93,12 +97,15 @@ __all__ = [
     "StepResult",
     "TaskFormatError",
     "Trace",
+    "TwistHead",
     "VerifierError",
     "answer",
     "beam",
     "condition",
     "factor",
+    "guided",
     "importance",
+    "learned_twist",
     "memo",
     "mh",
     "observe",
@@ -109,5 +116,6 @@ __all__ = [
     "sample",
     "smc",
     "step",
+    "svi",
     "twist",
 ]

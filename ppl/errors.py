@@ -90,3 +90,7 @@ class CapabilityError(BackendError):
 
 class CalibrationError(PPLError):
     """Calibration data, a calibration file or its use is invalid (see ``inference.conformal``)."""
+
+
+class FitDiagnosticsError(PPLError):
+    """A NUTS fit whose diagnostics (R-hat, divergences, ESS) say it cannot be trusted."""

@@ -387,6 +387,54 @@ def _replace(path: Path, data: bytes) -> None:
     os.replace(staging, path)
 
 
+def fit_scaling_laws(
+    rows: list[dict], out: Path, target: float, confidence: float, seed: int
+) -> dict[str, dict]:
+    """Fit ``inference.budget.fit_scaling_law`` to each method's accuracy against budget.
+
+    Successes and trials pool problems and seeds at each budget. Writes
+    ``scaling_law.json`` (per method: parameters with 95% intervals, NUTS
+    diagnostics, predictions at 2x, 4x and 16x the largest budget with 90%
+    intervals, and the budget reaching ``target`` with probability
+    ``confidence``) and one ``scaling_law_METHOD.png`` per method.
+    """
+    from inference.budget import fit_scaling_law
+
+    by_method: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_method[row["method"]].append(row)
+    fits = {}
+    for method, series in by_method.items():
+        series = sorted(series, key=lambda r: r["budget"])
+        if len(series) < 2:
+            raise InvalidArgumentError(
+                f"--fit needs two budgets or more; {method} has {len(series)}"
+            )
+        budgets = [r["budget"] for r in series]
+        trials = [r["problems"] * r["seeds"] for r in series]
+        successes = [round(r["accuracy"] * t) for r, t in zip(series, trials, strict=True)]
+        fit = fit_scaling_law(budgets, successes, trials, seed=seed)
+        unseen = [2 * budgets[-1], 4 * budgets[-1], 16 * budgets[-1]]
+        band = fit.predict(unseen)
+        max_budget = 2**16
+        planning = {
+            "target_accuracy": target,
+            "confidence": confidence,
+            "max_budget": max_budget,
+            "required_budget": fit.required_budget(target, confidence, max_budget=max_budget),
+            "predictions": [
+                {"budget": float(b), "mean": float(m), "low": float(lo), "high": float(hi)}
+                for b, m, lo, hi in zip(
+                    band["budget"], band["mean"], band["low"], band["high"], strict=True
+                )
+            ],
+        }
+        fits[method] = {**fit.summary(planning), "diagnostics_ok": fit.diagnostics.ok()}
+        fit.plot(out / f"scaling_law_{method}.png", title=f"{method}: accuracy vs budget")
+    _replace(out / "scaling_law.json", json.dumps(fits, indent=2).encode())
+    return fits
+
+
 # --- the command -----------------------------------------------------------------------
 
 
@@ -498,6 +546,27 @@ def _method_list(ctx, param, value: str) -> list[str]:
     type=click.IntRange(min=1),
     help="Children per beam; beam width is budget // expansions.",
 )
+@click.option(
+    "--fit",
+    "fit_law",
+    is_flag=True,
+    help="Fit a Bayesian scaling law (NUTS) per method: writes scaling_law.json and "
+    "scaling_law_METHOD.png with predictions at unseen budgets.",
+)
+@click.option(
+    "--target-accuracy",
+    default=0.9,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="With --fit: plan the budget that reaches this accuracy.",
+)
+@click.option(
+    "--confidence",
+    default=0.9,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="With --fit: posterior probability the planned budget must reach the target with.",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def bench(
     task_spec,
@@ -512,6 +581,9 @@ def bench(
     task_seed,
     seed,
     beam_expansions,
+    fit_law,
+    target_accuracy,
+    confidence,
     progress,
 ):
     """Accuracy against compute for inference methods on a task suite.
@@ -635,6 +707,20 @@ def bench(
             f"{row['tokens_generated_per_problem']:>14.1f}"
         )
     click.echo(f"wrote results.csv, results.json, accuracy.png to {out}")
+    if fit_law:
+        fits = fit_scaling_laws(rows, out, target_accuracy, confidence, seed)
+        for method, fit in fits.items():
+            plan = fit["planning"]
+            needed = plan["required_budget"]
+            predicted = plan["predictions"][-1]
+            click.echo(
+                f"{method}: accuracy at budget {predicted['budget']:g} predicted "
+                f"{predicted['mean']:.3f} [{predicted['low']:.3f}, {predicted['high']:.3f}]; "
+                f"budget for {target_accuracy:g} with probability {confidence:g}: "
+                f"{needed if needed is not None else 'beyond ' + str(plan['max_budget'])}"
+                + ("" if fit["diagnostics_ok"] else "  (NUTS diagnostics poor; see json)")
+            )
+        click.echo(f"wrote scaling_law.json and scaling_law_*.png to {out}")
 
 
 if __name__ == "__main__":

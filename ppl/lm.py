@@ -30,7 +30,10 @@ class LogitsProcessor(Protocol):
     the processed proposal covers the program's target. A mask is exact when
     every token it removes makes the program's constraint fail anyway.
     Processors must be hashable (functions and plain objects are): replay
-    identifies a step by its request.
+    identifies a step by its request. A processor with a true
+    ``uses_hidden_states`` attribute is called with a third argument, the
+    last-layer hidden states of its rows (``[rows, hidden]``, the states that
+    produced ``logits``), on backends that expose them (``models.TokenLM``).
     """
 
     def __call__(
