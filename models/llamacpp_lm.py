@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.token_lm import TokenLM, match_prefixes
+from models.token_lm import TokenLM, assign_slots, match_prefixes
 from ppl.errors import BackendError, InvalidArgumentError, ModelNotInstalledError
 from ppl.lm import Context, LMStats
 
@@ -170,7 +170,9 @@ class LlamaCppLM(TokenLM):
         ]
         keys = [key[:3] for key in unique]
         wanted_logits = [key[3] for key in unique]
-        targets = self._assign([source for source, _, _ in keys])
+        targets = assign_slots(
+            [source for source, _, _ in keys], self.max_sequences, keep_sources_free=True
+        )
         for (source, length, _), target in zip(keys, targets, strict=True):
             if source >= 0 and source != target:
                 lib.llama_memory_seq_rm(memory, target, -1, -1)
@@ -224,26 +226,6 @@ class LlamaCppLM(TokenLM):
             self._request_sequences[j] = fork
         self._rows = list(range(len(sequences)))
         return logits[group], list(range(len(sequences)))
-
-    def _assign(self, sources: list[int]) -> list[int]:
-        """A sequence id per computation: its source's when first to claim it, else a free one.
-
-        Free ids are those no computation reads from, so forks never
-        overwrite a sequence another request still needs.
-        """
-        claimed: dict[int, int] = {}
-        for k, source in enumerate(sources):
-            if source >= 0 and source not in claimed:
-                claimed[source] = k
-        targets = [-1] * len(sources)
-        for source, k in claimed.items():
-            targets[k] = source
-        reserved = {s for s in sources if s >= 0}
-        free = (s for s in range(self.max_sequences) if s not in reserved)
-        for k in range(len(sources)):
-            if targets[k] < 0:
-                targets[k] = next(free)
-        return targets
 
     def _shed(self, rows: list[int], done: list[bool]) -> list[int]:
         """Finished rows leave at once: llama.cpp decodes any subset of sequences."""

@@ -402,6 +402,32 @@ class TokenLM(LM):
         return any(s in text[-tail:] for s in stop)
 
 
+def assign_slots(sources: Sequence[int], num_slots: int, *, keep_sources_free: bool) -> list[int]:
+    """A cache slot (batch row, sequence id) for each computation continuing ``sources[k]``.
+
+    The first computation continuing a slot keeps it, so surviving particles
+    stay where they are and only forks and new prefixes move; the others
+    take free slots in order (``-1`` or an out-of-range source is a fresh
+    prefix). With ``keep_sources_free`` no slot that any computation reads
+    from is handed out, for caches that copy slot by slot (a fork must not
+    overwrite a sequence a later copy still needs); a cache that gathers all
+    rows at once can reuse them.
+
+    Example:
+        >>> assign_slots([0, 0, 2, -1], 4, keep_sources_free=False)
+        [0, 1, 2, 3]
+    """
+    targets: list[int | None] = [None] * len(sources)
+    claimed: set[int] = set()
+    for k, source in enumerate(sources):
+        if 0 <= source < num_slots and source not in claimed:
+            targets[k] = source
+            claimed.add(source)
+    blocked = {s for s in sources if s >= 0} if keep_sources_free else claimed
+    free = (slot for slot in range(num_slots) if slot not in blocked)
+    return [slot if slot is not None else next(free) for slot in targets]
+
+
 def sample_categorical(log_probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """One draw per row from normalized log-probabilities ``[rows, vocab]``.
 

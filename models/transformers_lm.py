@@ -9,7 +9,7 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from models.kv_batch import KVBatch
-from models.token_lm import TokenLM, match_prefixes
+from models.token_lm import TokenLM, assign_slots, match_prefixes
 from ppl.errors import BackendError, InvalidArgumentError
 from ppl.lm import Context, LMStats
 
@@ -228,14 +228,7 @@ class TransformersLM(TokenLM):
             empty = KVBatch.empty(self.model.config.num_hidden_layers, len(sources), self.device)
             return empty, list(range(len(sources)))
         num_rows = len(sources)
-        assigned: list[int | None] = [None] * num_rows
-        taken: set[int] = set()
-        for k, (source, _) in enumerate(sources):
-            if 0 <= source < num_rows and source not in taken:
-                assigned[k] = source
-                taken.add(source)
-        free = (row for row in range(num_rows) if row not in taken)
-        assigned = [row if row is not None else next(free) for row in assigned]
+        assigned = assign_slots([s for s, _ in sources], num_rows, keep_sources_free=False)
         origins = [-1] * num_rows
         for (source, _), row in zip(sources, assigned, strict=True):
             origins[row] = source
