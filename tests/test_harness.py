@@ -9,7 +9,6 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
-import torch
 import transformers
 from click.testing import CliRunner
 from conftest import make_tiny_lm
@@ -41,13 +40,7 @@ verifier = ProgrammaticVerifier(lambda q, steps: 0.9 if steps[0] == q[-1] else 0
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model gains nothing from intra-op threads, which stall on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,7 @@ NUM_RUNS = 100
 NUM_PARTICLES = 64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def optimal_twists(lm, prompt: str, depth: int) -> dict[str, float]:

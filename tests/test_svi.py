@@ -18,12 +18,7 @@ PRIOR = torch.tensor([0.5, 0.3, 0.2])
 PROMPTS = ["a", "c", "ba"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @ppl.program
