@@ -3,7 +3,7 @@
 # ppl re-exports the engines from their modules: importing it first lets either
 # package be imported first (a Ray worker starts from inference.executors).
 import ppl  # noqa: F401
-from inference.beam import beam
+from inference.beam import beam, dvts
 from inference.conformal import (
     Abstention,
     AnswerSets,
@@ -31,6 +31,7 @@ __all__ = [
     "SampleBudget",
     "TwistHead",
     "beam",
+    "dvts",
     "from_posteriors",
     "guided",
     "importance",

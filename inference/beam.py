@@ -1,11 +1,11 @@
-"""Beam search over the random choices of a reasoning program, scored by its verifiers."""
+"""Beam search and diverse verifier tree search over a program's choices, scored by verifiers."""
 
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -78,6 +78,80 @@ def beam(
     """
     beam_width = check_positive_int("beam_width", beam_width)
     num_expansions = check_positive_int("num_expansions", num_expansions)
+    return _search(
+        program,
+        args,
+        kwargs,
+        width=beam_width,
+        num_expansions=num_expansions,
+        seed=seed,
+        score=score,
+        subtrees=False,
+    )
+
+
+def dvts(
+    program: Callable,
+    *args,
+    num_subtrees: int,
+    num_expansions: int,
+    seed: int | None = None,
+    score: str | TraceScore = "likelihood",
+    **kwargs,
+) -> Posterior:
+    """Diverse verifier tree search: ``num_subtrees`` independent greedy searches.
+
+    The total budget of ``num_subtrees * num_expansions`` children per round
+    is split into ``num_subtrees`` subtrees that never share a node. The
+    first round draws that many children of the empty trace (as
+    :func:`beam` does, in one batched call) and gives each subtree a
+    distinct first choice, the best-scored ones first; only when fewer
+    distinct first choices exist than subtrees do some subtrees start from
+    the same one. Each later round, every unfinished subtree extends its one
+    node ``num_expansions`` ways (the LM steps of all subtrees in one
+    batched call; small discrete ``ppl.sample`` supports are enumerated) and
+    keeps only its best-scored child: a greedy search by the verifier. A
+    subtree stops when its node finishes, or when every child is rejected
+    (its score is then ``-inf``). ``score`` is as for :func:`beam`.
+
+    What it returns: one trace per subtree, in subtree order (slot ``i`` of
+    every round in ``rounds`` and ``genealogy`` is subtree ``i``), with its
+    score as log weight; not a weighted sample of the posterior.
+    ``best_of_n_answer()`` is the best leaf's answer and
+    ``answer_distribution()`` a score-weighted vote over the leaves.
+    ``log_evidence`` is NaN, as for beam search.
+
+    Example:
+        >>> post = ppl.dvts(solve, lm, question, num_subtrees=4, num_expansions=4,  # doctest: +SKIP
+        ...                 score=verifier.trace_scorer(question), seed=0)
+        >>> post.best_of_n_answer()  # doctest: +SKIP
+    """
+    num_subtrees = check_positive_int("num_subtrees", num_subtrees)
+    num_expansions = check_positive_int("num_expansions", num_expansions)
+    return _search(
+        program,
+        args,
+        kwargs,
+        width=num_subtrees,
+        num_expansions=num_expansions,
+        seed=seed,
+        score=score,
+        subtrees=True,
+    )
+
+
+def _search(
+    program: Callable,
+    args: tuple,
+    kwargs: dict,
+    *,
+    width: int,
+    num_expansions: int,
+    seed: int | None,
+    score: str | TraceScore,
+    subtrees: bool,
+) -> Posterior:
+    """Beam search keeping the ``width`` best nodes, or with ``subtrees`` one per subtree."""
     if isinstance(score, str) and score not in SCORES:
         raise InvalidArgumentError(
             f"unknown beam score {score!r}; choose one of {SCORES} or pass "
@@ -134,8 +208,8 @@ def beam(
                 continue
             enumerated = _enumerate(b.pending, num_expansions)
             if enumerated is None:
-                # The search starts from beam_width copies of the root.
-                copies = beam_width if len(rounds) == 1 else 1
+                # The search starts from width copies of the root.
+                copies = width if len(rounds) == 1 else 1
                 to_draw += [(slot, b.pending)] * (num_expansions * copies)
             else:
                 children += [(slot, b.trace.extend(site)) for site in enumerated]
@@ -146,7 +220,8 @@ def beam(
         ]
         unique: dict[tuple, tuple[int, Trace]] = {}
         for slot, trace in children:
-            unique.setdefault(_choice_key(trace), (slot, trace))
+            # Subtrees share no node, so only siblings within one are merged.
+            unique.setdefault((slot if subtrees else 0, _choice_key(trace)), (slot, trace))
         parents = [slot for slot, _ in unique.values()]
         texts = [_text(trace.sites[-1].value) for _, trace in unique.values()]
         executions = [run_to_next_choice(trace) for _, trace in unique.values()]
@@ -157,10 +232,18 @@ def beam(
                 executions, scores, parents, texts, strict=True
             )
         ]
-        # Dead candidates are kept only when nothing is alive, to report an empty posterior.
-        pool = [c for c in candidates if c.score > -math.inf] or candidates
-        order = np.argsort([-c.score for c in pool], kind="stable")
-        beams = [pool[i] for i in order[:beam_width]]
+        if not subtrees:
+            beams = _best(candidates, width)
+        elif len(rounds) == 1:
+            # Subtrees start from distinct first choices while there are enough of them.
+            roots = _best(candidates, width)
+            beams = [roots[i % len(roots)] for i in range(width)]
+        else:
+            beams = [
+                _best([c for c in candidates if c.parent == slot], 1)[0] for slot in range(width)
+            ]
+            # A subtree whose children were all rejected stops.
+            beams = [b if b.score > -math.inf else replace(b, pending=None) for b in beams]
         log_scores = tuple(b.score for b in beams)
         ess_history.append(effective_sample_size(np.array(log_scores)))
         rounds.append(
@@ -177,13 +260,23 @@ def beam(
         ess_history=[ess_history],
         rounds=[rounds],
         cost=cost,
-        method="beam",
+        method="dvts" if subtrees else "beam",
         info={
             "seed": seed_sequence.entropy,
-            "beam_width": beam_width,
+            "num_subtrees" if subtrees else "beam_width": width,
             "num_expansions": num_expansions,
         },
     )
+
+
+def _best(candidates: list[_Beam], k: int) -> list[_Beam]:
+    """The ``k`` best-scored candidates, earlier ones first among ties.
+
+    Dead candidates are kept only when nothing is alive, to report an empty posterior.
+    """
+    pool = [c for c in candidates if c.score > -math.inf] or candidates
+    order = np.argsort([-c.score for c in pool], kind="stable")
+    return [pool[i] for i in order[:k]]
 
 
 def _builtin_score(trace: Trace, pending: PendingChoice | None, how: str) -> float:

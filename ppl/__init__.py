@@ -14,7 +14,7 @@ Example:
     >>> ppl.smc(no_e, lm, "The", num_particles=16, seed=0).summary()  # doctest: +SKIP
 """
 
-from inference.beam import beam
+from inference.beam import beam, dvts
 from inference.conformal import Abstention, AnswerSets, SampleBudget
 from inference.importance import importance
 from inference.mcmc import mh, parallel_tempering, particle_gibbs
@@ -102,6 +102,7 @@ __all__ = [
     "answer",
     "beam",
     "condition",
+    "dvts",
     "factor",
     "guided",
     "importance",

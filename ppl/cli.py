@@ -182,7 +182,7 @@ def _site_text(site) -> str:
 @click.option(
     "--particles",
     type=click.IntRange(min=1),
-    help="Particles per run (beam width for beam). [default: 16]",
+    help="Particles per run (beam width for beam, subtrees for dvts). [default: 16]",
 )
 @click.option(
     "--runs",

@@ -47,6 +47,7 @@ METHODS = {
     "weighted_majority": "importance",
     "smc": "smc",
     "beam": "beam",
+    "dvts": "dvts",
 }
 VERIFIER_METHODS = ("best_of_n", "weighted_majority")
 RUNS_FILE = "runs.jsonl"
@@ -150,8 +151,8 @@ def run_seed(base_seed: int, seed_index: int, problem_index: int) -> int:
 def run_engine(
     engine: str, program, lm, question: str, budget: int, seed: int, verifier, expansions: int
 ) -> Posterior:
-    """One engine run on one question with ``budget`` particles (beam: children per round)."""
-    from inference import beam, importance, smc
+    """One engine run on one question with ``budget`` particles (beam, dvts: children per round)."""
+    from inference import beam, dvts, importance, smc
 
     if engine == "importance":
         return importance(program, lm, question, num_particles=budget, seed=seed)
@@ -160,6 +161,16 @@ def run_engine(
     score = verifier.trace_scorer(question) if verifier is not None else "likelihood"
     num_expansions = min(expansions, budget)
     width = max(1, budget // num_expansions)
+    if engine == "dvts":
+        return dvts(
+            program,
+            lm,
+            question,
+            num_subtrees=width,
+            num_expansions=num_expansions,
+            seed=seed,
+            score=score,
+        )
     return beam(
         program,
         lm,
@@ -200,7 +211,7 @@ def predictions(
     elif engine == "smc":
         views = {"smc": view.map_answer}
     else:
-        views = {"beam": view.best_of_n_answer}
+        views = {engine: view.best_of_n_answer}
     answers = {}
     for method, read in views.items():
         try:
@@ -368,7 +379,7 @@ def plot(rows: list[dict], title: str) -> bytes:
         by_budget.errorbar(budgets, accuracy, yerr=errors, marker="o", capsize=3, label=method)
         by_tokens.errorbar(tokens, accuracy, yerr=errors, marker="o", capsize=3, label=method)
     by_budget.set_xscale("log", base=2)
-    by_budget.set_xlabel("budget (particles; beam: children per round)")
+    by_budget.set_xlabel("budget (particles; beam, dvts: children per round)")
     by_tokens.set_xscale("log")
     by_tokens.set_xlabel("tokens generated per problem")
     by_budget.set_ylabel("accuracy (95% Wilson interval)")
@@ -503,7 +514,7 @@ def _method_list(ctx, param, value: str) -> list[str]:
     default="1,2,4,8,16,32",
     show_default=True,
     callback=_int_list,
-    help="Particles per run (beam: children per round).",
+    help="Particles per run (beam, dvts: children per round).",
 )
 @click.option(
     "--seeds",
@@ -529,7 +540,7 @@ def _method_list(ctx, param, value: str) -> list[str]:
     "--verifier",
     default=None,
     help="calculator, judge, prm:PATH or file.py:name; enables best_of_n, "
-    "weighted_majority and verifier-scored beam.",
+    "weighted_majority and verifier-scored beam and dvts.",
 )
 @click.option(
     "--num-problems",
@@ -544,7 +555,7 @@ def _method_list(ctx, param, value: str) -> list[str]:
     default=2,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Children per beam; beam width is budget // expansions.",
+    help="Children per beam; beam width (dvts: subtrees) is budget // expansions.",
 )
 @click.option(
     "--fit",

@@ -49,6 +49,7 @@ METHODS: dict[str, str] = {
     "importance": "num_particles",
     "smc": "num_particles",
     "beam": "beam_width",
+    "dvts": "num_subtrees",
     "particle_gibbs": "num_particles",
     "mh": "num_steps",
     "parallel_tempering": "num_steps",

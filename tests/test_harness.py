@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from conftest import make_tiny_lm
 
 import ppl
-from ppl.harness import bench, load_target, wilson_interval
+from models import TransformersLM
+from ppl.harness import bench, load_target, load_verifier, run_seed, wilson_interval
 from ppl.tasks import load_jsonl
 
 QUESTIONS = ["ab", "ba", "cab", "abc", "bca", "aab", "cc", "bb", "ca", "ac"]
@@ -224,3 +225,31 @@ def test_load_target_errors(tmp_path):
         load_target(f"{tmp_path / 'mod.py'}:fn")
     assert load_target(f"{tmp_path / 'mod.py'}:x") == 1
     assert load_target("ppl.tasks:arithmetic") is ppl.tasks.arithmetic
+
+
+def test_dvts_runs_budget_over_expansions_subtrees(setup, tmp_path):
+    out = tmp_path / "out"
+    verifier = f"{setup / 'program.py'}:verifier"
+    result = invoke(
+        setup, out, "--verifier", verifier, "--beam-expansions", "2", methods="dvts", budgets="4"
+    )
+    assert result.exit_code == 0, result.output
+    assert [r["method"] for r in read_csv(out / "results.csv")] == ["dvts"]
+    task = load_jsonl(setup / "task.jsonl")
+    program = load_target(f"{setup / 'program.py'}:guess")
+    scorer = load_verifier(verifier, None)
+    lm = TransformersLM.from_pretrained(str(setup / "model"))
+    for index, (run, problem) in enumerate(zip(read_runs(out), task, strict=True)):
+        assert run["engine"] == "dvts" and run["problem"] == problem.id
+        direct = ppl.dvts(
+            program,
+            lm,
+            problem.question,
+            num_subtrees=2,
+            num_expansions=2,
+            seed=run_seed(0, 0, index),
+            score=scorer.trace_scorer(problem.question),
+        )
+        assert run["answers"] == {"dvts": task.canonical(direct.best_of_n_answer())}
+        # Two rounds of two subtrees times two children, one token each.
+        assert run["tokens_generated"] == direct.cost.tokens_generated == 2 * 4
