@@ -260,11 +260,12 @@ def resolve_method(name: str, parameters: dict[str, Any]) -> tuple[Callable, str
             f"method {name!r} is not available in this installation; "
             f"available: {', '.join(available_methods())}"
         )
-    accepted = [
-        p.name
+    keyword_only = [
+        p
         for p in inspect.signature(engine).parameters.values()
         if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "seed"
     ]
+    accepted = [p.name for p in keyword_only]
     size = METHODS[name]
     for key in parameters:
         if key == size:
@@ -274,6 +275,17 @@ def resolve_method(name: str, parameters: dict[str, Any]) -> tuple[Callable, str
                 f"method {name!r} has no parameter {key!r}; its parameters: "
                 f"{', '.join(p for p in accepted if p != size) or 'none'}"
             )
+    missing = [
+        p.name
+        for p in keyword_only
+        if p.default is inspect.Parameter.empty and p.name != size and p.name not in parameters
+    ]
+    if missing:
+        raise RecipeError(
+            f"method {name!r} needs "
+            + ", ".join(f"--param {key}=VALUE" for key in missing)
+            + " (or a [parameters] entry in a recipe)"
+        )
     return engine, size
 
 

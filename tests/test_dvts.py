@@ -244,3 +244,6 @@ def test_cli_runs_dvts_with_particles_as_subtrees(tmp_path):
         main, [*args, "--param", "num_subtrees=2", "--out", str(tmp_path / "b")]
     )
     assert clash.exit_code == 1 and "set num_subtrees with --particles" in clash.stderr
+    missing = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "c")])
+    assert missing.exit_code == 1
+    assert "method 'dvts' needs --param num_expansions=VALUE" in missing.stderr
