@@ -46,6 +46,15 @@ class Diagnostics:
     def ok(self, max_r_hat: float = 1.05, min_ess: float = 100.0) -> bool:
         return self.max_r_hat <= max_r_hat and self.min_ess >= min_ess and self.divergences == 0
 
+    def check(self, max_r_hat: float = 1.05, min_ess: float = 100.0) -> None:
+        """Raise ``FitDiagnosticsError`` unless R-hat, ESS and divergences look healthy."""
+        if not self.ok(max_r_hat, min_ess):
+            raise FitDiagnosticsError(
+                f"NUTS fit is unreliable: max R-hat {self.max_r_hat:.3f} (want <= {max_r_hat}), "
+                f"min ESS {self.min_ess:.0f} (want >= {min_ess}), {self.divergences} "
+                "divergences; run more warm-up and samples, or more chains"
+            )
+
 
 @dataclass
 class _Fit(abc.ABC):
@@ -59,13 +68,7 @@ class _Fit(abc.ABC):
         Example:
             >>> fit.check()  # doctest: +SKIP
         """
-        d = self.diagnostics
-        if not d.ok(max_r_hat, min_ess):
-            raise FitDiagnosticsError(
-                f"NUTS fit is unreliable: max R-hat {d.max_r_hat:.3f} (want <= {max_r_hat}), "
-                f"min ESS {d.min_ess:.0f} (want >= {min_ess}), {d.divergences} divergences; "
-                "run more warm-up and samples, or more chains"
-            )
+        self.diagnostics.check(max_r_hat, min_ess)
 
     @abc.abstractmethod
     def curve(self, budgets) -> np.ndarray:
@@ -291,9 +294,10 @@ def _nuts(model, args, latent, num_warmup, num_samples, num_chains, seed):
     r_hats, ess = [], []
     for name in latent:
         chains = grouped[name]
+        # Vector-valued latents (one entry per group) count by their worst entry.
         if num_chains * num_samples >= 4:
-            r_hats.append(float(split_gelman_rubin(chains)))
-        ess.append(float(effective_sample_size(chains)))
+            r_hats.append(float(np.max(split_gelman_rubin(chains))))
+        ess.append(float(np.min(effective_sample_size(chains))))
     diverging = int(np.asarray(mcmc.get_extra_fields()["diverging"]).sum())
     diagnostics = Diagnostics(max(r_hats), min(ess), diverging, num_chains, num_samples)
     flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in grouped.items()}

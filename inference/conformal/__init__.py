@@ -9,6 +9,9 @@ states what it guarantees on new problems drawn the same way:
 - ``Abstention(risk, delta)``: answer the MAP answer only above a
   confidence threshold chosen by Learn-then-Test; with probability >= 1 -
   delta, the error rate among answered problems is <= risk.
+- ``fit_score_calibration(scores, correct, families)``: a Bayesian
+  (hierarchical logistic, NUTS) calibration of verifier scores; its
+  ``confidence(site)`` is a calibrated confidence for ``Abstention``.
 - ``SampleBudget(epsilon, delta)``: a number of samples or an agreement
   stopping rule; with probability >= 1 - delta, the samples drawn miss every
   acceptable answer with probability <= epsilon.
@@ -33,6 +36,7 @@ from pathlib import Path
 
 from inference.conformal.abstention import Abstention, AbstentionEvaluation
 from inference.conformal.answer_sets import AnswerSets, SetEvaluation
+from inference.conformal.bayes import CalibratedScore, ScoreCalibration, fit_score_calibration
 from inference.conformal.budget import BudgetEvaluation, SampleBudget
 from inference.conformal.data import (
     CalibrationData,
@@ -100,12 +104,15 @@ __all__ = [
     "CalibrationData",
     "CalibrationError",
     "CalibrationExample",
+    "CalibratedScore",
     "Decision",
     "SampleBudget",
+    "ScoreCalibration",
     "SetEvaluation",
     "answers_match",
     "binomial_pvalues",
     "confidence_of",
+    "fit_score_calibration",
     "from_posteriors",
     "load_calibration",
     "load_runs",

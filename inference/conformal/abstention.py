@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from inference.conformal.answer_sets import _as_data
-from inference.conformal.data import MAP_PROBABILITY, CalibrationData, confidence_of
+from inference.conformal.bayes import CalibratedScore
+from inference.conformal.data import MAP_PROBABILITY, CalibrationData, Confidence, confidence_of
 from inference.conformal.decision import Decision
 from inference.conformal.ltt import binomial_pvalues, check_level, check_testing, select
 from ppl.errors import CalibrationError, InvalidArgumentError
@@ -39,8 +40,13 @@ class Abstention:
     """Give the MAP answer only when its confidence reaches a calibrated threshold.
 
     Confidence is the MAP answer's posterior mass (``confidence=
-    "map-probability"``) or a verifier score recorded in a ``ppl.memo``
-    site (its name; see ``confidence_of``). For each candidate threshold
+    "map-probability"``), a verifier score recorded in a ``ppl.memo``
+    site (its name; see ``confidence_of``), or a function of the posterior,
+    such as ``ScoreCalibration.confidence(site)``, the verifier score mapped
+    to a Bayes-calibrated probability (only that kind of function saves
+    with the rule). A function must be fixed independently of the
+    calibration problems: fit a score calibration on a disjoint split, or
+    the guarantee below is void. For each candidate threshold
     ``lambda`` (``thresholds``, tested from the highest down), the null
     ``risk(lambda) > risk`` is tested with the binomial tail p-value of the
     errors among the calibration problems answered at ``lambda``; given
@@ -83,16 +89,17 @@ class Abstention:
         risk: float,
         delta: float = 0.1,
         *,
-        confidence: str = MAP_PROBABILITY,
+        confidence: Confidence = MAP_PROBABILITY,
         thresholds=DEFAULT_THRESHOLDS,
         testing: str = "fixed-sequence",
         starts: int = 4,
     ):
         self.risk = check_level("risk", risk)
         self.delta = check_level("delta", delta)
-        if not isinstance(confidence, str) or not confidence:
+        if not (isinstance(confidence, str) and confidence) and not callable(confidence):
             raise InvalidArgumentError(
-                f"confidence must be {MAP_PROBABILITY!r} or a memo site name, got {confidence!r}"
+                f"confidence must be {MAP_PROBABILITY!r}, a memo site name or a function of the "
+                f"posterior, got {confidence!r}"
             )
         self.confidence = confidence
         self.thresholds = np.asarray(thresholds, dtype=float)
@@ -170,7 +177,7 @@ class Abstention:
             probabilities=(posterior.answer_distribution()[best],) if answer else (),
             abstained=not answer,
             details={
-                "confidence": self.confidence,
+                "confidence": self.confidence_name,
                 "value": confidence,
                 "threshold": threshold,
                 "target risk": self.risk,
@@ -181,6 +188,13 @@ class Abstention:
             },
             guarantee=self.guarantee(),
         )
+
+    @property
+    def confidence_name(self) -> str:
+        """The confidence in words: its name, or the function's."""
+        if isinstance(self.confidence, str):
+            return self.confidence
+        return getattr(self.confidence, "name", getattr(self.confidence, "__name__", "function"))
 
     def guarantee(self) -> str:
         """The promise of this rule, in words."""
@@ -229,11 +243,20 @@ class Abstention:
     # --- persistence ---------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         self._require()
+        if isinstance(self.confidence, CalibratedScore):
+            confidence: str | dict[str, Any] = {"calibrated": self.confidence.to_dict()}
+        elif isinstance(self.confidence, str):
+            confidence = self.confidence
+        else:
+            raise CalibrationError(
+                f"confidence function {self.confidence_name!r} cannot be saved: use a memo site "
+                "name or ScoreCalibration.confidence(site)"
+            )
         return {
             "method": self.method,
             "risk": self.risk,
             "delta": self.delta,
-            "confidence": self.confidence,
+            "confidence": confidence,
             "thresholds": self.thresholds.tolist(),
             "testing": self.testing,
             "starts": self.starts,
@@ -247,10 +270,13 @@ class Abstention:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Abstention:
+        confidence = data["confidence"]
+        if isinstance(confidence, dict):
+            confidence = CalibratedScore.from_dict(confidence["calibrated"])
         rule = cls(
             data["risk"],
             data["delta"],
-            confidence=data["confidence"],
+            confidence=confidence,
             thresholds=data["thresholds"],
             testing=data["testing"],
             starts=data["starts"],

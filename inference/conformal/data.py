@@ -30,13 +30,18 @@ Judge = Callable[[Any, Any], bool]
 
 MAP_PROBABILITY = "map-probability"
 
+# A confidence: "map-probability", a memo site name, or a function of the posterior.
+Confidence = str | Callable[[Posterior], float]
 
-def confidence_of(posterior: Posterior, confidence: str = MAP_PROBABILITY) -> float:
+
+def confidence_of(posterior: Posterior, confidence: Confidence = MAP_PROBABILITY) -> float:
     """How sure ``posterior`` is of its MAP answer: its probability, or a verifier score.
 
-    ``confidence`` is ``"map-probability"`` (the MAP answer's posterior mass)
-    or the name of a numeric ``ppl.memo`` site (a verifier score): its
-    posterior-weighted mean over the particles that give the MAP answer.
+    ``confidence`` is ``"map-probability"`` (the MAP answer's posterior mass),
+    the name of a numeric ``ppl.memo`` site (a verifier score: its
+    posterior-weighted mean over the particles that give the MAP answer), or
+    a function ``posterior -> float``, such as a ``CalibratedScore`` (a
+    verifier score mapped to a calibrated probability).
     An empty posterior has confidence 0.
 
     Example:
@@ -45,6 +50,11 @@ def confidence_of(posterior: Posterior, confidence: str = MAP_PROBABILITY) -> fl
     """
     if posterior.is_empty:
         return 0.0
+    if callable(confidence):
+        value = confidence(posterior)
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            raise CalibrationError(f"a confidence function must return a number, got {value!r}")
+        return float(value)
     distribution = posterior.answer_distribution()
     best = next(iter(distribution))
     if confidence == MAP_PROBABILITY:
