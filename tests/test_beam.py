@@ -124,14 +124,17 @@ def test_genealogy_follows_kept_beams():
         assert tuple(int(t) for t in reversed(texts) if t is not None) == answer
 
 
-def test_all_rejected_gives_empty_posterior():
+@pytest.mark.parametrize(
+    ("search", "size"), [(ppl.beam, {"beam_width": 2}), (ppl.dvts, {"num_subtrees": 2})]
+)
+def test_all_rejected_gives_empty_posterior(search, size):
     @ppl.program
     def impossible():
         x = ppl.sample("x", dist.Categorical(torch.ones(2)))
         ppl.condition("never", False)
         ppl.answer(int(x))
 
-    post = ppl.beam(impossible, beam_width=2, num_expansions=2, seed=0)
+    post = search(impossible, **size, num_expansions=2, seed=0)
     assert post.is_empty
     with pytest.raises(ppl.EmptyPosteriorError):
         post.best_of_n_answer()

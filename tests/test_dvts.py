@@ -152,19 +152,6 @@ def test_rejected_subtree_stops_and_others_continue():
     assert post.answer_distribution().keys() == {(0, 1, 1), (1, 1, 1)}
 
 
-def test_all_rejected_gives_empty_posterior():
-    @ppl.program
-    def impossible():
-        x = ppl.sample("x", dist.Categorical(torch.ones(2)))
-        ppl.condition("never", False)
-        ppl.answer(int(x))
-
-    post = ppl.dvts(impossible, num_subtrees=2, num_expansions=2, seed=0)
-    assert post.is_empty
-    with pytest.raises(ppl.EmptyPosteriorError):
-        post.best_of_n_answer()
-
-
 @pytest.mark.parametrize(
     ("options", "match"),
     [
