@@ -61,7 +61,9 @@ def main() -> None:
     writes result.json, posterior.nc (ArviZ), genealogy.graphml and a
     self-contained report.html; "ppl report" re-renders the report of a saved
     run; "ppl bench" measures accuracy against compute for several methods on
-    a task suite. See "ppl COMMAND --help".
+    a task suite; "ppl calibrate" turns dataset runs into calibrated decisions
+    (answer sets, abstention, sample budgets) that "ppl run --calibration"
+    applies. See "ppl COMMAND --help".
     """
 
 
