@@ -244,7 +244,9 @@ class CalibratedScore:
 
     Example:
         >>> fit_part, ltt_part = load_runs("runs/cal").split(100, seed=0)  # doctest: +SKIP
-        >>> cal = fit_score_calibration(*scores_and_outcomes(fit_part))    # doctest: +SKIP
+        >>> scores = [confidence_of(e.posterior, "check.score") for e in fit_part]  # doctest: +SKIP
+        >>> correct = [e.posterior.map_answer() in e.acceptable for e in fit_part]  # doctest: +SKIP
+        >>> cal = fit_score_calibration(scores, correct)                   # doctest: +SKIP
         >>> rule = Abstention(0.2, confidence=cal.confidence("check.score"))  # doctest: +SKIP
         >>> rule.calibrate(ltt_part)                                       # doctest: +SKIP
     """
