@@ -10,7 +10,6 @@ agree to a few hundredths of a nat per token, not exactly.
 import math
 import socket
 import subprocess
-import threading
 
 import pytest
 
@@ -191,17 +190,33 @@ def test_server_killed_mid_run_loses_nothing_and_resumes(tmp_path, reference):
     port = free_port()
     process = start_server(port, tmp_path / "server.log")
     problems = [{"id": f"q{i}", "prompt": p} for i, p in enumerate(["One day", "The cat", "A dog"])]
-    killer = []
+    killed = []
+
+    class KilledOnFirstCall(ppl.LM):
+        """Forwards to the client, but stops the server as problem q1 sends its first step."""
+
+        def __init__(self, client):
+            self.client = client
+
+        @property
+        def stats(self):
+            return self.client.stats
+
+        def sample_steps(self, requests, *, seed=None):
+            if not killed:
+                stop_server(process)
+                killed.append(True)
+            return self.client.sample_steps(requests, seed=seed)
+
+        def score_steps(self, requests):
+            return self.client.score_steps(requests)
 
     def make_runner():
         client = make_client(port, reference, retries=1, backoff=0.05, timeout=20)
 
         def run_one(problem):
-            if problem["id"] == "q1" and not killer:
-                # Kill the server while this problem's particles are in flight.
-                killer.append(threading.Timer(0.5, stop_server, (process,)))
-                killer[-1].start()
-            posterior = ppl.smc(words_without_e, client, problem["prompt"], num_particles=4, seed=0)
+            lm = KilledOnFirstCall(client) if problem["id"] == "q1" else client
+            posterior = ppl.smc(words_without_e, lm, problem["prompt"], num_particles=4, seed=0)
             return {"answers": sorted(posterior.answer_distribution())}
 
         return run_one
@@ -210,7 +225,6 @@ def test_server_killed_mid_run_loses_nothing_and_resumes(tmp_path, reference):
         with make_client(port, reference) as probe:
             probe.wait_until_ready(timeout=120)
         down = run_dataset(problems, make_runner, out_dir=tmp_path / "out")
-        killer[0].join()
         assert down.finished == ["q0"] and sorted(down.failed) == ["q1", "q2"]
         assert "ServerUnavailable" in down.failed["q1"] and "ServerUnavailable" in down.failed["q2"]
         assert set(load_results(tmp_path / "out")) == {"q0"}
