@@ -20,7 +20,7 @@ from inference.resampling import Resampler
 from ppl.errors import InvalidArgumentError
 from ppl.handlers import PendingChoice
 from ppl.posterior import Cost, Posterior, Round, effective_sample_size, normalized_weights
-from ppl.runtime import as_program, execute, resolve_choices
+from ppl.runtime import as_program, execute, resolve_calls, resolve_choices
 from ppl.trace import Trace
 
 # (traces, pending choices, rounds so far, generator) -> moved traces and pending choices
@@ -101,7 +101,7 @@ def run_population(
     def advance(i: int, trace: Trace) -> None:
         nonlocal verifier_calls
         try:
-            execution = execute(prog, args, kwargs, trace)
+            execution = execute(prog, args, kwargs, trace, batch_calls=True)
         except Exception as error:
             error.add_note(f"while running program {prog.name!r} for particle {i}")
             raise
@@ -109,8 +109,21 @@ def run_population(
         log_weights[i] += execution.log_weight
         verifier_calls += execution.memo_calls
 
+    def settle_calls() -> None:
+        """Compute batched memo calls for all particles at once until none is pending."""
+        nonlocal verifier_calls
+        while calling := [
+            i
+            for i, choice in enumerate(pending)
+            if choice is not None and choice.kind == "call" and log_weights[i] > -np.inf
+        ]:
+            for i, site in zip(calling, resolve_calls([pending[i] for i in calling]), strict=True):
+                verifier_calls += 1
+                advance(i, traces[i].extend(site))
+
     for i in range(num_particles):
         advance(i, Trace())
+    settle_calls()
     rounds = [
         Round(tuple(range(num_particles)), (None,) * num_particles, tuple(log_weights), False)
     ]
@@ -136,6 +149,7 @@ def run_population(
                 advance(i, traces[i].extend(site))
             else:
                 traces[i], pending[i] = traces[i].extend(site), None
+        settle_calls()
         ess = effective_sample_size(log_weights)
         ess_history.append(ess)
         rounds.append(Round(ancestors, tuple(texts), tuple(log_weights.tolist()), resampled))

@@ -145,20 +145,32 @@ def twist(log_psi) -> None:
         _twist(_log_factor(log_psi, "twist"), name=None)
 
 
-def memo(name: str, fn: Callable, *args) -> Any:
+def memo(name: str, fn: Callable, *args, batch: Callable[[list], list] | None = None) -> Any:
     """Call ``fn(*args)`` once per particle and record the result.
 
     Re-executions of the program replay the recorded result instead of calling
     ``fn`` again, so verifiers, tools and judges run once per trace.
+    ``batch``, if given, computes many calls at once:
+    ``batch([args_1, args_2, ...]) == [fn(*args_1), fn(*args_2), ...]``.
+    Importance sampling and SMC then make one ``batch`` call for all the
+    particles that reach the site in a round (a reward model scores them in
+    one forward pass); other engines call ``fn``. Calls are grouped by
+    ``batch`` itself, so pass the same function (or a bound method of the
+    same object) in every particle, not a lambda made inside the program.
 
     Example:
         >>> ok = ppl.memo("check_1", calculator_check, line)  # doctest: +SKIP
+        >>> p = ppl.memo("prm_1", prm.score, q, lines, batch=prm.score_batch)  # doctest: +SKIP
     """
     recorded = replay_fast(name, "memo")
     if recorded is not None:
         return recorded.value
     _check_name(name)
-    return _memo(fn, *args, name=name)
+    if batch is None:
+        return _memo(fn, *args, name=name)
+    if not callable(batch):
+        raise InvalidArgumentError(f"batch must be callable, got {type(batch).__name__}")
+    return _memo(fn, *args, name=name, infer={"ppl_batch": batch})
 
 
 def answer(value) -> Any:

@@ -45,8 +45,14 @@ def as_program(fn: Callable) -> Program:
     return fn if isinstance(fn, Program) else program(fn)
 
 
-def execute(prog: Program, args: tuple, kwargs: dict, trace: Trace) -> Execution:
+def execute(
+    prog: Program, args: tuple, kwargs: dict, trace: Trace, *, batch_calls: bool = False
+) -> Execution:
     """Run ``prog`` from the start, replaying ``trace``, until its next random choice.
+
+    With ``batch_calls``, a new ``ppl.memo`` call that has a ``batch``
+    function also stops the run (a pending choice of kind ``"call"``, which
+    ``resolve_calls`` computes).
 
     Example:
         >>> ex = execute(coin, (), {}, Trace())  # doctest: +SKIP
@@ -58,7 +64,7 @@ def execute(prog: Program, args: tuple, kwargs: dict, trace: Trace) -> Execution
     pending = None
     _FAST_REPLAYS.append((replay, record))
     try:
-        with record, EscapeMessenger(), replay:
+        with record, EscapeMessenger(batch_calls), replay:
             prog.fn(*args, **kwargs)
     except Suspend as suspend:
         pending = suspend.choice
@@ -123,6 +129,34 @@ def resolve_choices(pending: Sequence[PendingChoice], rng: np.random.Generator) 
                 log_weight=result.logp - result.logq,
                 fingerprint=hash(request),
             )
+    return sites
+
+
+def resolve_calls(pending: Sequence[PendingChoice]) -> list[Site]:
+    """Compute pending ``"call"`` choices: one ``batch`` call per batch function.
+
+    Example:
+        >>> sites = resolve_calls([ex.pending for ex in executions])  # doctest: +SKIP
+    """
+    groups: dict[object, list[int]] = {}
+    for i, choice in enumerate(pending):
+        batch = choice.fn.batch
+        try:
+            hash(batch)
+        except TypeError:  # an unhashable callable object: group by identity
+            batch = id(batch)
+        groups.setdefault(batch, []).append(i)
+    sites: list[Site | None] = [None] * len(pending)
+    for indices in groups.values():
+        batch = pending[indices[0]].fn.batch
+        results = list(batch([pending[i].fn.args for i in indices]))
+        if len(results) != len(indices):
+            raise BackendError(
+                f"the batch function of memo site {pending[indices[0]].name!r} returned "
+                f"{len(results)} results for {len(indices)} calls"
+            )
+        for i, value in zip(indices, results, strict=True):
+            sites[i] = Site(pending[i].name, "memo", value)
     return sites
 
 

@@ -167,6 +167,69 @@ def test_regex_and_unit_test_verifiers():
     ]
 
 
+class CountingVerifier(ProgrammaticVerifier):
+    """Records the size of every ``score_batch`` call."""
+
+    def __init__(self, fn, **options):
+        super().__init__(fn, **options)
+        self.batch_sizes: list[int] = []
+
+    def score_batch(self, items):
+        self.batch_sizes.append(len(items))
+        return super().score_batch(items)
+
+
+@pytest.mark.parametrize("engine", ["importance", "smc"])
+def test_population_engines_score_each_round_in_one_batch(engine):
+    verifier = CountingVerifier(lambda q, steps: 0.9 if steps[-1] == "1" else 0.2, level="step")
+
+    def flips(batched: bool):
+        @ppl.program
+        def program():
+            steps = []
+            for i in range(3):
+                steps.append(str(int(ppl.sample(f"x{i}", dist.Bernoulli(0.5)))))
+                if batched:
+                    verifier.factor(f"v{i}", "q", steps, transform="log")
+                else:
+                    p = ppl.memo(f"v{i}.score", verifier.score, "q", tuple(steps))
+                    ppl.factor(f"v{i}", math.log(p))
+            ppl.answer("".join(steps))
+
+        return program
+
+    run = getattr(ppl, engine)
+    post = run(flips(True), num_particles=24, seed=4)
+    # One call per round for all 24 particles, not one per particle.
+    assert verifier.batch_sizes == [24, 24, 24]
+    assert post.cost.verifier_calls == 72
+    verifier.batch_sizes.clear()
+    one_by_one = run(flips(False), num_particles=24, seed=4)
+    assert verifier.batch_sizes == [1] * 72
+    # Batching changes only how scores are computed, never the result.
+    assert post.answers == one_by_one.answers
+    np.testing.assert_array_equal(post.log_weights, one_by_one.log_weights)
+    assert post.log_evidence == one_by_one.log_evidence
+
+
+def test_memo_batch_must_return_one_result_per_call():
+    def first_only(calls):
+        return [calls[0][0]]
+
+    @ppl.program
+    def program():
+        x = int(ppl.sample("x", dist.Bernoulli(0.5)))
+        ppl.memo("m", abs, x, batch=first_only)
+        ppl.answer(x)
+
+    with pytest.raises(ppl.BackendError, match="returned 1 results for 3 calls"):
+        ppl.importance(program, num_particles=3, seed=0)
+    with pytest.raises(ppl.InvalidArgumentError, match="batch must be callable"):
+        ppl.importance(
+            ppl.program(lambda: ppl.memo("m", abs, -1, batch=3)), num_particles=1, seed=0
+        )
+
+
 @pytest.mark.parametrize("bad", [1.5, -0.1, float("nan"), "yes", None])
 def test_invalid_verifier_outputs_are_errors(bad):
     verifier = ProgrammaticVerifier(lambda q, s: bad)

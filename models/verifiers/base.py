@@ -180,8 +180,12 @@ class Verifier(abc.ABC):
         return self.score_batch([(question, steps)])[0]
 
     def memo(self, name: str, question: str, steps: Steps) -> float:
-        """``score`` through ``ppl.memo``: recorded once per trace, replayed afterwards."""
-        return memo(name, self.score, str(question), as_steps(steps))
+        """``score`` through ``ppl.memo``: recorded once per trace, replayed afterwards.
+
+        Importance sampling and SMC score all the particles that reach the site
+        in a round with one ``score_batch`` call.
+        """
+        return memo(name, self.score, str(question), as_steps(steps), batch=self.score_batch)
 
     def factor(
         self,
