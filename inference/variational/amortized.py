@@ -154,7 +154,7 @@ def train_logit_bias(
     *args,
     num_particles: int,
     num_iterations: int,
-    learning_rate: float = 0.1,
+    learning_rate: float = 0.02,
     seed: int | None = None,
     **kwargs,
 ) -> LogitBiasTraining:
@@ -165,6 +165,9 @@ def train_logit_bias(
     should guide, on ``lm`` (a local backend such as ``models.TransformersLM``).
     Each of ``num_iterations`` iterations is one importance run of
     ``num_particles`` particles and one Adam step (see the module docstring).
+    Adam moves every entry of the bias by about ``learning_rate`` a step,
+    tokens the particles rarely write included, so a large vocabulary wants a
+    small rate and many iterations; a vocabulary of a few tokens can take 0.2.
 
     Example:
         >>> proposal = LogitBiasProposal.for_lm(lm)  # doctest: +SKIP
