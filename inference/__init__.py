@@ -21,7 +21,16 @@ from inference.mcmc import mh, parallel_tempering, particle_gibbs
 from inference.resampling import RESAMPLERS
 from inference.runs import run
 from inference.smc import smc
-from inference.variational import Guide, TwistHead, guided, learned_twist, svi, train_twist
+from inference.variational import (
+    Guide,
+    LogitBiasProposal,
+    TwistHead,
+    guided,
+    learned_twist,
+    svi,
+    train_logit_bias,
+    train_twist,
+)
 
 __all__ = [
     "RESAMPLERS",
@@ -30,6 +39,7 @@ __all__ = [
     "CalibrationData",
     "DatasetRun",
     "Guide",
+    "LogitBiasProposal",
     "SampleBudget",
     "ScoreCalibration",
     "TwistHead",
@@ -51,5 +61,6 @@ __all__ = [
     "run_dataset",
     "smc",
     "svi",
+    "train_logit_bias",
     "train_twist",
 ]

@@ -20,7 +20,14 @@ from inference.importance import importance
 from inference.mcmc import mh, parallel_tempering, particle_gibbs
 from inference.runs import run
 from inference.smc import smc
-from inference.variational import Guide, TwistHead, guided, learned_twist, svi
+from inference.variational import (
+    Guide,
+    LogitBiasProposal,
+    TwistHead,
+    guided,
+    learned_twist,
+    svi,
+)
 from ppl.distributions import LMStep
 from ppl.errors import (
     BackendError,
@@ -77,6 +84,7 @@ __all__ = [
     "Guide",
     "InvalidArgumentError",
     "LMStep",
+    "LogitBiasProposal",
     "MissingAnswerError",
     "ModelNotInstalledError",
     "PPLError",

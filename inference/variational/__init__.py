@@ -1,10 +1,16 @@
 """Variational methods: learned twists for SMC, and SVI over a program's meta-choices.
 
 See ``inference.variational.twists`` (``TwistHead``, ``learned_twist``,
-``train_twist``, ``TwistedProposal``) and ``inference.variational.svi``
-(``Guide``, ``svi``, ``guided``).
+``train_twist``, ``TwistedProposal``), ``inference.variational.svi``
+(``Guide``, ``svi``, ``guided``) and ``inference.variational.amortized``
+(``LogitBiasProposal``, ``train_logit_bias``).
 """
 
+from inference.variational.amortized import (
+    LogitBiasProposal,
+    LogitBiasTraining,
+    train_logit_bias,
+)
 from inference.variational.svi import (
     Categorical,
     Guide,
@@ -28,6 +34,8 @@ __all__ = [
     "Categorical",
     "Guide",
     "LogNormal",
+    "LogitBiasProposal",
+    "LogitBiasTraining",
     "Normal",
     "SVIResult",
     "TwistData",
@@ -38,5 +46,6 @@ __all__ = [
     "guided",
     "learned_twist",
     "svi",
+    "train_logit_bias",
     "train_twist",
 ]
