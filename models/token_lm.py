@@ -348,28 +348,48 @@ class TokenLM(LM):
         """Log-probability of each continuation under the temperature-1 model."""
         self.stats.score_calls += 1
         scores = [0.0] * len(requests)
+        for j, log_p in self._continuation_logprobs(requests):
+            targets = torch.tensor(requests[j].token_ids, device=self.device)
+            scores[j] = float(log_p.gather(1, targets[:, None]).sum())
+        return scores
+
+    @torch.inference_mode()
+    def position_logprobs(self, requests: Sequence[ScoreRequest]) -> list[torch.Tensor]:
+        """The model's next-token log-probabilities before each token of each continuation.
+
+        One ``[len(request.token_ids), vocab]`` float32 CPU tensor per request
+        (temperature 1), from batched passes that reuse cached prefixes: what
+        ``score_steps`` sums, for training proposals on whole distributions.
+
+        Example:
+            >>> request = ppl.ScoreRequest("The", (279, 2431))  # doctest: +SKIP
+            >>> (log_p,) = lm.position_logprobs([request])  # doctest: +SKIP
+            >>> log_p.shape  # doctest: +SKIP
+            torch.Size([2, 49152])
+        """
+        self.stats.score_calls += 1
+        out = [torch.empty((0, self.vocab_size)) for _ in requests]
+        for j, log_p in self._continuation_logprobs(requests):
+            out[j] = log_p.cpu()
+        return out
+
+    def _continuation_logprobs(self, requests: Sequence[ScoreRequest]):
+        """Yield ``(j, log-probs before each token of request j)`` for non-empty requests."""
         todo = [j for j, r in enumerate(requests) if r.token_ids]
-        vocab = self.vocab_size
         longest = max((len(requests[j].token_ids) for j in todo), default=1)
-        per_call = max(1, _SCORE_LOGITS_BUDGET // (4 * vocab * longest))
+        per_call = max(1, _SCORE_LOGITS_BUDGET // (4 * self.vocab_size * longest))
         for start in range(0, len(todo), per_call):
             chunk = todo[start : start + per_call]
-            sequences, continuations = [], []
-            for j in chunk:
-                continuation = tuple(requests[j].token_ids)
-                sequences.append(self.encode(requests[j].context) + continuation[:-1])
-                continuations.append(continuation)
-            counts = [len(c) for c in continuations]
+            sequences = [
+                self.encode(requests[j].context) + tuple(requests[j].token_ids)[:-1] for j in chunk
+            ]
+            counts = [len(requests[j].token_ids) for j in chunk]
             logits, rows = self._feed(sequences, counts)
             log_p = torch.log_softmax(logits.float(), dim=-1)
             width = log_p.shape[1]
             for row, request in enumerate(rows):
-                j, continuation = chunk[request], continuations[request]
-                targets = torch.tensor(continuation, device=self.device)
-                positions = torch.arange(width - len(continuation), width, device=self.device)
-                scores[j] = float(log_p[row, positions, targets].sum())
+                yield chunk[request], log_p[row, width - counts[request] :]
             self.stats.tokens_scored += sum(counts)
-        return scores
 
     @torch.inference_mode()
     def next_token_logprobs(self, contexts: Sequence[Context]) -> torch.Tensor:

@@ -86,6 +86,24 @@ def test_step_logp_matches_fresh_scoring():
             assert score == pytest.approx(site.value.logp, abs=1e-4)
 
 
+def test_position_logprobs_are_the_distributions_behind_the_scores():
+    lm = make_tiny_lm(seed=2)
+    requests = [
+        ppl.ScoreRequest(PROMPT, (1, 2, 3)),
+        ppl.ScoreRequest(PROMPT + "b", (4,)),
+        ppl.ScoreRequest(PROMPT, ()),
+    ]
+    tables = lm.position_logprobs(requests)
+    assert [t.shape for t in tables] == [(3, len(VOCAB)), (1, len(VOCAB)), (0, len(VOCAB))]
+    for table in tables:
+        torch.testing.assert_close(table.exp().sum(1), torch.ones(len(table)))
+    picked = [
+        float(t[range(len(r.token_ids)), list(r.token_ids)].sum())
+        for t, r in zip(tables, requests, strict=True)
+    ]
+    assert picked == pytest.approx(make_tiny_lm(seed=2).score_steps(requests), abs=1e-5)
+
+
 def test_eos_ends_step_and_is_scored():
     lm = make_tiny_lm(seed=1)
     results = lm.sample_steps([ppl.StepRequest(PROMPT, stop=(), max_tokens=6)] * 200, seed=0)

@@ -30,7 +30,7 @@ import torch
 
 from inference.importance import importance
 from ppl.errors import CapabilityError, InvalidArgumentError, SerializationError
-from ppl.lm import Context, StepRequest
+from ppl.lm import Context, ScoreRequest, StepRequest
 
 _FORMAT = "pplscale-logit-bias/1"
 # Log-probabilities materialised at once while recomputing a batch of positions.
@@ -181,7 +181,7 @@ def train_logit_bias(
         raise InvalidArgumentError(
             f"train_logit_bias needs a LogitBiasProposal, got {type(proposal).__name__}"
         )
-    if not hasattr(lm, "_feed"):
+    if not hasattr(lm, "position_logprobs"):
         raise CapabilityError(
             f"{type(lm).__name__} cannot run logits processors; training a logit-bias proposal "
             "needs a local backend such as models.TransformersLM"
@@ -275,19 +275,7 @@ def _position_logprobs(lm, steps: list[tuple[Context, tuple[int, ...]]]) -> torc
 
     Rows follow the steps' tokens in order: ``[total tokens, vocab]``, on the CPU.
     """
-    sequences = [lm.encode(context) + tuple(ids[:-1]) for context, ids in steps]
-    counts = [len(ids) for _, ids in steps]
-    try:
-        with torch.inference_mode():
-            logits, rows = lm._feed(sequences, counts)
-            log_p = torch.log_softmax(logits.float(), dim=-1).cpu()
-    except Exception:
-        lm._forget()
-        raise
-    width = log_p.shape[1]
-    parts: list[torch.Tensor | None] = [None] * len(steps)
-    for row, j in enumerate(rows):
-        parts[j] = log_p[row, width - counts[j] :]
+    parts = lm.position_logprobs([ScoreRequest(context, ids) for context, ids in steps])
     # A plain tensor (not an inference-mode one), so the loss can backpropagate into the bias.
     return torch.cat(parts).clone()
 
