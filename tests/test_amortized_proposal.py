@@ -112,7 +112,7 @@ def test_proposal_round_trips_through_a_file(trained, tmp_path):
     with pytest.raises(SerializationError, match="cannot read a logit-bias proposal"):
         LogitBiasProposal.load(tmp_path / "bad.pt")
     torch.save({"format": "something else"}, tmp_path / "other.pt")
-    with pytest.raises(SerializationError, match="not a pplscale logit-bias proposal"):
+    with pytest.raises(SerializationError, match="is not a logit-bias proposal saved by pplscale"):
         LogitBiasProposal.load(tmp_path / "other.pt")
 
 

@@ -20,7 +20,6 @@ prefixes.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from inference.importance import importance
+from inference.variational.checkpoints import load_checkpoint, save_checkpoint
 from ppl.errors import CapabilityError, InvalidArgumentError, SerializationError
 from ppl.lm import Context, ScoreRequest, StepRequest
 
@@ -98,13 +98,8 @@ class LogitBiasProposal:
         Example:
             >>> proposal.save("no_e_bias.pt")  # doctest: +SKIP
         """
-        torch.save(
-            {
-                "format": _FORMAT,
-                "vocab_size": self.vocab_size,
-                "bias": self.bias.detach().cpu().clone(),
-            },
-            Path(path),
+        save_checkpoint(
+            path, _FORMAT, {"vocab_size": self.vocab_size, "bias": self.bias.detach().cpu().clone()}
         )
 
     @classmethod
@@ -114,15 +109,7 @@ class LogitBiasProposal:
         Example:
             >>> proposal = LogitBiasProposal.load("no_e_bias.pt")  # doctest: +SKIP
         """
-        path = Path(path)
-        try:
-            data = torch.load(path, weights_only=True)
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
-            raise SerializationError(
-                f"cannot read a logit-bias proposal from {path}: {error}"
-            ) from error
-        if not isinstance(data, dict) or data.get("format") != _FORMAT:
-            raise SerializationError(f"{path} is not a pplscale logit-bias proposal (see save())")
+        data = load_checkpoint(path, _FORMAT, "a logit-bias proposal")
         bias = data["bias"]
         if not isinstance(bias, torch.Tensor) or bias.shape != (int(data["vocab_size"]),):
             raise SerializationError(f"{path} holds a bias that does not match its vocab_size")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextvars
 import math
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +30,15 @@ import torch
 from torch import nn
 
 from inference.importance import importance
-from ppl.errors import CapabilityError, InvalidArgumentError, SerializationError
+from inference.variational.checkpoints import load_checkpoint, save_checkpoint
+from ppl.errors import CapabilityError, InvalidArgumentError
 from ppl.lm import Context
 from ppl.posterior import Posterior
 from ppl.primitives import memo, twist
 from ppl.trace import Trace
 from ppl.values import Step
+
+_FORMAT = "pplscale-twist-head/1"
 
 # Site kinds whose log weight is part of the likelihood a twist predicts.
 _LIKELIHOOD_KINDS = ("factor", "condition", "observe")
@@ -151,14 +153,15 @@ class TwistHead(nn.Module):
         Example:
             >>> head.save("twist.pt")  # doctest: +SKIP
         """
-        torch.save(
+        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        save_checkpoint(
+            path,
+            _FORMAT,
             {
-                "format": "pplscale-twist-head/1",
                 "feature_size": self.feature_size,
                 "hidden_size": self.hidden_size,
-                "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+                "state_dict": state,
             },
-            Path(path),
         )
 
     @classmethod
@@ -168,13 +171,7 @@ class TwistHead(nn.Module):
         Example:
             >>> head = TwistHead.load("twist.pt")  # doctest: +SKIP
         """
-        path = Path(path)
-        try:
-            data = torch.load(path, weights_only=True)
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
-            raise SerializationError(f"cannot read a twist head from {path}: {error}") from error
-        if not isinstance(data, dict) or data.get("format") != "pplscale-twist-head/1":
-            raise SerializationError(f"{path} is not a pplscale twist head (saved by save())")
+        data = load_checkpoint(path, _FORMAT, "a twist head")
         head = cls(int(data["feature_size"]), int(data["hidden_size"]))
         head.load_state_dict(data["state_dict"])
         return head.eval()
