@@ -23,7 +23,6 @@ R-hat, smallest effective sample size, number of divergent transitions);
 from __future__ import annotations
 
 import abc
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -338,6 +337,7 @@ def _plot_png(grid, band, budgets, successes, trials, title: str) -> bytes:
     from matplotlib.figure import Figure
 
     from ppl.harness import wilson_interval
+    from ppl.report.plots import png_bytes
 
     figure = Figure(figsize=(6, 4.2))
     FigureCanvasAgg(figure)
@@ -361,9 +361,7 @@ def _plot_png(grid, band, budgets, successes, trials, title: str) -> bytes:
     axes.legend(fontsize="small")
     axes.set_title(title)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    return buffer.getvalue()
+    return png_bytes(figure, dpi=110)
 
 
 __all__ = [

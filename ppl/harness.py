@@ -359,6 +359,8 @@ def plot(rows: list[dict], title: str) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from ppl.report.plots import png_bytes
+
     figure = Figure(figsize=(11, 4.2))
     FigureCanvasAgg(figure)
     by_budget, by_tokens = figure.subplots(1, 2, sharey=True)
@@ -387,9 +389,7 @@ def plot(rows: list[dict], title: str) -> bytes:
     by_budget.legend(fontsize="small")
     figure.suptitle(title)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    return buffer.getvalue()
+    return png_bytes(figure, dpi=110)
 
 
 def _replace(path: Path, data: bytes) -> None:
