@@ -356,7 +356,8 @@ def _run_dataset(
 ) -> dict:
     """Run every problem not already finished in ``out_dir``; save each as it finishes."""
     metadata = _metadata(spec)
-    pending = []
+    pending: dict[int, dict[str, Any]] = {}  # index -> the problem as a worker runs it
+    problem_metadata: dict[int, dict[str, Any]] = {}
     for index, (args, kwargs, expected) in enumerate(problems):
         directory = rundir.problem_dir(out_dir, index)
         problem_spec = spec.merged(args=args, kwargs=kwargs, dataset=None)
@@ -372,7 +373,8 @@ def _run_dataset(
                 calibrate_cli.apply_to_saved_run(directory, calibration)
             continue
         seed = int(np.random.SeedSequence([spec.seed, index]).generate_state(1)[0])
-        problem_metadata = {
+        pending[index] = {"args": args, "kwargs": kwargs, "seed": seed}
+        problem_metadata[index] = {
             **_metadata(problem_spec),
             "dataset": spec.dataset,
             "index": index,
@@ -381,7 +383,6 @@ def _run_dataset(
             "expected": expected,
             "fingerprint": fingerprint,
         }
-        pending.append((index, {"args": args, "kwargs": kwargs, "seed": seed}, problem_metadata))
     skipped = len(problems) - len(pending)
     done = 0
     failed: dict[int, _ProblemFailure] = {}
@@ -392,21 +393,20 @@ def _run_dataset(
         def save(index: int, posterior: ppl.Posterior) -> None:
             nonlocal done
             directory = rundir.problem_dir(out_dir, index)
-            problem_seed = saved_metadata[index]["problem_seed"]
+            problem_seed = pending[index]["seed"]
             decision = calibration.predict(posterior, seed=problem_seed) if calibration else None
             rundir.save_run(
                 posterior,
                 directory,
-                metadata=saved_metadata[index],
+                metadata=problem_metadata[index],
                 report=False,
                 decision=decision,
             )
             done += 1
             bar.update(1)
 
-        saved_metadata = {index: problem_metadata for index, _, problem_metadata in pending}
         if placement.executor == "local":
-            for index, problem, _ in pending:
+            for index, problem in pending.items():
                 save(index, infer(problem["args"], problem["kwargs"], problem["seed"], None))
         else:
             failed = _run_on_ray(spec, pending, placement, save)
@@ -481,7 +481,7 @@ def _run_on_ray(
         failed[int(key)] = _ProblemFailure(reason, message)
 
     map_problems(
-        [(str(index), problem) for index, problem, _ in pending],
+        [(str(index), problem) for index, problem in pending.items()],
         functools.partial(_problem_runner, worker_spec),
         on_result,
         on_error,
