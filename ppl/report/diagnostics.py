@@ -451,27 +451,21 @@ def _run_diagnostics(posterior: Posterior, run: int) -> RunDiagnostics:
 def _indicator_ess(posterior: Posterior, answers: list) -> dict[Any, float]:
     """Per answer, the autocorrelation ESS of its indicator over chains of draws in order.
 
-    ArviZ's bulk ESS, at most the number of draws (an antithetic chain does not
-    make an interval narrower than independent draws would); an answer no
-    draw or every draw has keeps the number of draws.
+    ``chain_diagnostics``' bulk ESS, at most the number of draws (an
+    antithetic chain does not make an interval narrower than independent
+    draws would); an answer no draw or every draw has, or chains of unequal
+    length, keep the number of draws.
     """
-    import arviz as az
+    from inference.mcmc.diagnostics import chain_diagnostics
 
-    sizes = np.bincount(posterior.run_index, minlength=posterior.num_runs)
     total = float(posterior.num_particles)
-    if posterior.num_particles == 0 or len(set(sizes.tolist())) != 1:
+    try:
+        per_answer = chain_diagnostics(posterior)
+    except InvalidArgumentError:
         return dict.fromkeys(answers, total)
-    order = np.argsort(posterior.run_index, kind="stable")
-    drawn = [posterior.answers[i] for i in order]
     effective = {}
     for answer in answers:
-        indicator = np.array([a == answer for a in drawn], dtype=float)
-        indicator = indicator.reshape(posterior.num_runs, -1)
-        if indicator.min() == indicator.max():
-            effective[answer] = total
-            continue
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ess = float(az.ess(indicator))
+        ess = per_answer[answer]["ess"] if answer in per_answer else math.nan
         effective[answer] = min(ess, total) if math.isfinite(ess) else total
     return effective
 
