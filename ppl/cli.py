@@ -33,7 +33,7 @@ from inference.conformal import load_calibration
 from ppl import calibrate_cli
 from ppl.errors import ParticleError, PPLError, RecipeError
 from ppl.harness import bench
-from ppl.lm import LM
+from ppl.lm import ForwardingLM
 from ppl.recipes import (
     MODELS,
     RunSpec,
@@ -559,7 +559,7 @@ def _fingerprint(spec: RunSpec) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
-class _ProgressLM(LM):
+class _ProgressLM(ForwardingLM):
     """Forwards to an LM and advances a progress bar once per batched sampling call.
 
     Population engines make one ``sample_steps`` call per round, so the bar
@@ -567,24 +567,14 @@ class _ProgressLM(LM):
     """
 
     def __init__(self, lm, bar):
-        self._lm = lm
+        super().__init__(lm)
         self._bar = bar
 
-    @property
-    def stats(self):
-        return self._lm.stats
-
     def sample_steps(self, requests, *, seed=None):
-        results = self._lm.sample_steps(requests, seed=seed)
+        results = super().sample_steps(requests, seed=seed)
         self._bar.set_postfix(particles=len(requests), refresh=False)
         self._bar.update(1)
         return results
-
-    def score_steps(self, requests):
-        return self._lm.score_steps(requests)
-
-    def __getattr__(self, name: str):
-        return getattr(self._lm, name)
 
 
 @main.command()

@@ -108,3 +108,44 @@ class LM(abc.ABC):
     @abc.abstractmethod
     def score_steps(self, requests: Sequence[ScoreRequest]) -> list[float]:
         """Log-probability of each request's tokens after its context (temperature 1)."""
+
+
+class ForwardingLM(LM):
+    """An LM that passes every call and attribute through to ``lm``: subclass it to watch calls.
+
+    Attribute reads and writes reach the wrapped backend (so settings such as
+    ``keep_hidden_states`` apply to it), except names starting with ``_``,
+    which hold the wrapper's own state.
+
+    Example:
+        >>> class Counting(ForwardingLM):
+        ...     def sample_steps(self, requests, *, seed=None):
+        ...         self._calls = getattr(self, "_calls", 0) + 1
+        ...         return super().sample_steps(requests, seed=seed)
+    """
+
+    def __init__(self, lm: LM):
+        self._lm = lm
+
+    @property
+    def stats(self) -> LMStats:
+        return self._lm.stats
+
+    def sample_steps(
+        self, requests: Sequence[StepRequest], *, seed: int | None = None
+    ) -> list[StepResult]:
+        return self._lm.sample_steps(requests, seed=seed)
+
+    def score_steps(self, requests: Sequence[ScoreRequest]) -> list[float]:
+        return self._lm.score_steps(requests)
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._lm, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._lm, name, value)

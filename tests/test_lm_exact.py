@@ -206,3 +206,21 @@ def test_score_then_sample_same_context(combo):
     (result,) = lm.sample_steps([ppl.StepRequest(context, stop=(), max_tokens=3)], seed=0)
     (score,) = make_tiny_lm().score_steps([ppl.ScoreRequest(context, result.token_ids)])
     assert score == pytest.approx(result.logp, abs=1e-4)
+
+
+def test_forwarding_lm_passes_calls_and_settings_through():
+    class Counting(ppl.lm.ForwardingLM):
+        def sample_steps(self, requests, *, seed=None):
+            self._calls = getattr(self, "_calls", 0) + 1
+            return super().sample_steps(requests, seed=seed)
+
+    backend = make_tiny_lm(seed=2)
+    wrapped = Counting(backend)
+    wrapped.keep_hidden_states = True  # a setting reaches the backend, not the wrapper
+    assert backend.keep_hidden_states and "keep_hidden_states" not in vars(wrapped)
+    request = ppl.StepRequest(PROMPT, max_tokens=2)
+    assert wrapped.sample_steps([request], seed=1) == make_tiny_lm(seed=2).sample_steps(
+        [request], seed=1
+    )
+    assert wrapped._calls == 1 and wrapped.stats is backend.stats
+    assert wrapped.vocab_size == backend.vocab_size

@@ -30,7 +30,7 @@ import torch
 from inference.importance import importance
 from inference.variational.checkpoints import load_checkpoint, save_checkpoint
 from ppl.errors import CapabilityError, InvalidArgumentError, SerializationError
-from ppl.lm import Context, ScoreRequest, StepRequest
+from ppl.lm import Context, ForwardingLM, ScoreRequest, StepRequest
 
 _FORMAT = "pplscale-logit-bias/1"
 # Log-probabilities materialised at once while recomputing a batch of positions.
@@ -267,7 +267,7 @@ def _position_logprobs(lm, steps: list[tuple[Context, tuple[int, ...]]]) -> torc
     return torch.cat(parts).clone()
 
 
-class _RecordingLM:
+class _RecordingLM(ForwardingLM):
     """``lm`` as seen by the program during training, noting the requests that use the proposal.
 
     A step site's fingerprint is the hash of its request: the requests kept
@@ -275,21 +275,19 @@ class _RecordingLM:
     """
 
     def __init__(self, lm, proposal: LogitBiasProposal):
-        object.__setattr__(self, "_lm", lm)
-        object.__setattr__(self, "_proposal", proposal)
-        object.__setattr__(self, "requests", {})
+        super().__init__(lm)
+        self._proposal = proposal
+        self._requests: dict[int, StepRequest] = {}
+
+    @property
+    def requests(self) -> dict[int, StepRequest]:
+        return self._requests
 
     def sample_steps(self, requests, *, seed=None):
         for request in requests:
             if request.logits_processor is self._proposal:
-                self.requests[hash(request)] = request
-        return self._lm.sample_steps(requests, seed=seed)
-
-    def __getattr__(self, name):
-        return getattr(self._lm, name)
-
-    def __setattr__(self, name, value):
-        setattr(self._lm, name, value)
+                self._requests[hash(request)] = request
+        return super().sample_steps(requests, seed=seed)
 
 
 def _vocab_size(lm) -> int:
