@@ -9,20 +9,24 @@ cache serves them. ``Chat`` contexts are rendered locally with the model's
 chat template and sent as completion prompts, so continuing a partial
 assistant message is exact.
 
-Weights are exact only where the server says enough:
+Weights are exact only where the server says enough. A step's target is its
+sampler (temperature, top-k, top-p; ``ppl.sampler``), and the server is asked
+to sample with exactly those settings, every other transform off
+(``ServerProfile.sampling``):
 
-- Steps at ``temperature=1`` are exact on every server: the request turns
-  every other sampling transform off (``ServerProfile.sampling``), so the
-  proposal is the model and ``logq == logp`` is the sum of the returned token
-  log-probabilities.
-- At another temperature the proposal's log-probability is needed as well as
-  the model's, and a server returns only one of them: vLLM (default
-  ``--logprobs-mode raw_logprobs``) and llama.cpp return the model's
-  (``logprobs="raw"``); SGLang, and vLLM with
-  ``--logprobs-mode processed_logprobs``, return the proposal's
-  (``logprobs="processed"``). With processed log-probabilities ``logq`` comes
-  with the sample and ``logp`` from an ``echo`` scoring request at
-  temperature 1; with raw ones the step raises ``CapabilityError``.
+- The model itself (temperature 1, no truncation) is exact on every server:
+  the proposal is the target and ``logq == logp`` is the sum of the returned
+  token log-probabilities.
+- A tempered or truncated target needs the log-probabilities of the
+  distribution the server samples from: SGLang, and vLLM with
+  ``--logprobs-mode processed_logprobs``, return them
+  (``logprobs="processed"``); servers that return the untempered model's
+  (``logprobs="raw"``: vLLM's default, llama.cpp) raise ``CapabilityError``.
+- ``proposal_temperature`` works with the untempered model as the target:
+  ``logq`` comes with the sample (processed log-probabilities) and ``logp``
+  from an ``echo`` scoring request. With a tempered or truncated target it
+  raises ``CapabilityError``: no server reports the target's log-probability
+  of a token drawn at another temperature.
 - ``score_steps`` uses ``echo`` with ``logprobs``; servers whose echoed
   log-probabilities are not aligned with the prompt (llama-cpp-python's)
   raise ``CapabilityError``.
@@ -67,11 +71,12 @@ _TOKEN_ID_PREFIX = "token_id:"
 class ServerProfile:
     """What a family of servers does with sampling parameters and log-probabilities.
 
-    ``sampling``: request fields that make the proposal exactly
-    ``softmax(logits / temperature)`` (no top-k/top-p/min-p, no penalties),
+    ``sampling``: request fields that turn off every sampling transform
+    (top-k/top-p/min-p, penalties) so that the proposal is exactly
+    ``softmax(logits / temperature)`` unless a step sets ``top_k``/``top_p``,
     plus any field the client relies on. ``logprobs``: ``"raw"`` when the
     returned token log-probabilities are the model's at temperature 1,
-    ``"processed"`` when they are the proposal's. ``echo_scoring``: ``echo``
+    ``"processed"`` when they are those of the distribution sampled from. ``echo_scoring``: ``echo``
     with ``logprobs`` returns each prompt token's log-probability given the
     tokens before it. ``reports_eos``: a generated end-of-sequence token is
     listed, with its log-probability, among the returned tokens.
@@ -342,9 +347,15 @@ class OpenAILM(LM):
         return results
 
     def score_steps(self, requests: Sequence[ScoreRequest]) -> list[float]:
-        """Log-probability of each continuation by ``echo`` (temperature 1); raises on failure."""
+        """Log-probability of each continuation by ``echo`` (the model itself); raises on error."""
         if not requests:
             return []
+        for request in requests:
+            if not request.sampler.is_model:
+                raise CapabilityError(
+                    f"scoring under {_describe(request.sampler)}: servers echo the untempered "
+                    "model's log-probabilities only; score with a local backend"
+                )
         if not self.server.echo_scoring:
             raise CapabilityError(
                 "this server cannot score given text (its echoed log-probabilities are not "
@@ -373,20 +384,35 @@ class OpenAILM(LM):
                 "a logits processor cannot run inside an HTTP server; use a local backend "
                 "(TransformersLM, LlamaCppLM) for steps with logits_processor"
             )
-        if request.temperature != 1.0:
-            if self.server.logprobs == "raw":
-                raise CapabilityError(
-                    f"temperature={request.temperature}: this server returns the model's "
-                    "log-probabilities, not the tempered proposal's, so the step's weight "
-                    "cannot be computed; use temperature=1, or a server that returns "
-                    "processed log-probabilities (vLLM --logprobs-mode processed_logprobs, "
-                    "SGLang) with logprobs='processed'"
-                )
-            if not self.server.echo_scoring:
-                raise CapabilityError(
-                    f"temperature={request.temperature} needs the model's log-probability "
-                    "from an echo request, which this server does not support"
-                )
+        target = request.sampler
+        if request.proposal_temperature is not None and not target.is_model:
+            raise CapabilityError(
+                f"proposal_temperature={request.proposal_temperature} with a tempered or "
+                f"truncated target ({_describe(target)}): no server reports the target's "
+                "log-probabilities of tokens sampled at another temperature; drop "
+                "proposal_temperature (the server then samples from the target) or use a "
+                "local backend"
+            )
+        if request.proposal_is_target and target.is_model:
+            return  # exact on every server
+        if self.server.logprobs == "raw":
+            shaped = (
+                _describe(target)
+                if request.proposal_is_target
+                else (f"temperature={request.proposal_temperature}")
+            )
+            raise CapabilityError(
+                f"{shaped}: this server returns the untempered model's log-probabilities, "
+                "not those of the distribution it samples from, so the step's weight cannot be "
+                "computed; use temperature=1 without top_k/top_p, or a server that returns "
+                "processed log-probabilities (vLLM --logprobs-mode processed_logprobs, SGLang) "
+                "with logprobs='processed'"
+            )
+        if not request.proposal_is_target and not self.server.echo_scoring:
+            raise CapabilityError(
+                f"temperature={request.proposal_temperature} needs the model's "
+                "log-probability from an echo request, which this server does not support"
+            )
 
     # --- requests -------------------------------------------------------------
     def _run(self, coroutine):
@@ -508,19 +534,23 @@ class OpenAILM(LM):
     async def _sample_one(self, request: StepRequest, prompt: str, seed: int) -> StepResult:
         fields = {
             "max_tokens": request.max_tokens,
-            "temperature": request.temperature,
+            "temperature": request.proposal_scale,
             "seed": seed,
             "logprobs": 1,
         }
+        if request.top_k is not None:
+            fields["top_k"] = request.top_k
+        if request.top_p is not None:
+            fields["top_p"] = request.top_p
         if request.stop:
             fields["stop"] = list(request.stop)
         answer = await self._post("/completions", self._body(prompt, request.context, **fields))
         sample = self._parse_sample(answer, request)
         total = math.fsum(sample.log_probs)
         self.stats.tokens_generated += len(sample.token_ids)
-        if request.temperature == 1.0:
-            logp = logq = total
-        else:
+        if request.proposal_is_target:
+            logp = logq = total  # the server sampled from the target and reported it
+        else:  # the untempered model, sampled at proposal_temperature (checked above)
             logq = total
             logp = await self._score_one(ScoreRequest(request.context, sample.token_ids))
         return StepResult(sample.text, sample.token_ids, logp, logq, sample.finished)
@@ -641,6 +671,12 @@ def _load_tokenizer(name: str):
             f"no local tokenizer for {name!r} ({error}); pass tokenizer= a directory "
             "holding the served model's tokenizer"
         ) from error
+
+
+def _describe(sampler) -> str:
+    parts = [f"temperature={sampler.temperature}"]
+    parts += [f"{k}={v}" for k in ("top_k", "top_p") if (v := getattr(sampler, k)) is not None]
+    return ", ".join(parts)
 
 
 def _stop_suffix(generated: str, stop: tuple[str, ...]) -> str:

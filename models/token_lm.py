@@ -2,7 +2,8 @@
 
 Tokenization (canonical, so a step's probability depends only on the text of
 its context), chat rendering, the lock-step sampling loop with stop strings,
-temperatures and logits processors, scoring and next-token log-probabilities.
+samplers (temperature, top-k, top-p) and logits processors, scoring and
+next-token log-probabilities.
 A backend supplies only its cache: feeding sequences (reusing cached
 prefixes) and decoding one token per row.
 """
@@ -19,6 +20,7 @@ import torch
 
 from ppl.errors import BackendError, CapabilityError, InvalidArgumentError
 from ppl.lm import LM, Context, LMStats, ScoreRequest, StepRequest, StepResult
+from ppl.sampler import proposal_log_probs, target_log_probs
 
 # Scoring materialises logits for every scored position; cap that memory.
 _SCORE_LOGITS_BUDGET = 256 * 2**20
@@ -138,9 +140,9 @@ class TokenLM(LM):
         """Generate one step per request in lock-step batched decoding.
 
         Each step ends after the token completing one of its stop strings, at
-        EOS, or at ``max_tokens``. ``logp`` is under the temperature-1 model,
-        ``logq`` under the proposal actually used (temperature and logits
-        processor).
+        EOS, or at ``max_tokens``. ``logp`` is under the request's sampler
+        (temperature, top-k, top-p), ``logq`` under the proposal actually used
+        (proposal temperature and logits processor).
         """
         if not requests:
             return []
@@ -247,33 +249,10 @@ class TokenLM(LM):
         ``hidden`` (rows aligned with ``logits``) is passed to processors that
         declare ``uses_hidden_states``.
         """
-        logits = logits.float()
-        log_p = torch.log_softmax(logits, dim=-1)
-        shaped = any(r.temperature != 1.0 or r.logits_processor for r in requests)
+        log_p = target_log_probs(logits, [r.sampler for r in requests])
+        shaped = not all(r.proposal_is_target for r in requests)
         if shaped:
-            proposal = logits.clone()
-            groups: dict[object, list[int]] = {}
-            for row, request in enumerate(requests):
-                if request.logits_processor is not None:
-                    groups.setdefault(request.logits_processor, []).append(row)
-            for processor, group in groups.items():
-                index = torch.tensor(group, device=self.device)
-                extra = ()
-                if getattr(processor, "uses_hidden_states", False):
-                    extra = (hidden.index_select(0, index),)
-                processed = processor(
-                    proposal.index_select(0, index), [generated[indices[r]] for r in group], *extra
-                )
-                proposal.index_copy_(0, index, processed.to(proposal.dtype))
-            temperatures = torch.tensor(
-                [[r.temperature] for r in requests], dtype=torch.float32, device=self.device
-            )
-            log_q = torch.log_softmax(proposal / temperatures, dim=-1)
-            if torch.isnan(log_q).any():
-                raise BackendError(
-                    "a logits processor left no token with positive probability (or produced "
-                    "NaN); it must keep at least one token allowed"
-                )
+            log_q = self._proposal(logits, log_p, requests, generated, indices, hidden)
         else:
             log_q = log_p
         tokens = sample_categorical(log_q, uniforms[torch.tensor(indices, device=self.device)])
@@ -282,6 +261,30 @@ class TokenLM(LM):
             log_q.gather(1, tokens[:, None]).squeeze(1).tolist() if shaped else list(picked_p)
         )
         return tokens.tolist(), picked_p, picked_q
+
+    def _proposal(self, logits, log_p, requests, generated, indices, hidden) -> torch.Tensor:
+        """Proposal log-probabilities: processed logits at the proposal temperature."""
+        proposal = logits.float().clone()
+        groups: dict[object, list[int]] = {}
+        for row, request in enumerate(requests):
+            if request.logits_processor is not None:
+                groups.setdefault(request.logits_processor, []).append(row)
+        for processor, group in groups.items():
+            index = torch.tensor(group, device=self.device)
+            extra = ()
+            if getattr(processor, "uses_hidden_states", False):
+                extra = (hidden.index_select(0, index),)
+            processed = processor(
+                proposal.index_select(0, index), [generated[indices[r]] for r in group], *extra
+            )
+            proposal.index_copy_(0, index, processed.to(proposal.dtype))
+        log_q = proposal_log_probs(proposal, [r.proposal_scale for r in requests], log_p)
+        if torch.isnan(log_q).any():
+            raise BackendError(
+                "a logits processor left no token of the step's target support (top-k/top-p) "
+                "with positive probability (or produced NaN); it must keep at least one allowed"
+            )
+        return log_q
 
     def _keep_hidden(self, context: Context, token_ids: tuple[int, ...], hidden) -> None:
         if self._kept_hidden is None:
@@ -345,7 +348,7 @@ class TokenLM(LM):
 
     @torch.inference_mode()
     def score_steps(self, requests: Sequence[ScoreRequest]) -> list[float]:
-        """Log-probability of each continuation under the temperature-1 model."""
+        """Log-probability of each continuation under its request's sampler."""
         self.stats.score_calls += 1
         scores = [0.0] * len(requests)
         for j, log_p in self._continuation_logprobs(requests):
@@ -358,7 +361,7 @@ class TokenLM(LM):
         """The model's next-token log-probabilities before each token of each continuation.
 
         One ``[len(request.token_ids), vocab]`` float32 CPU tensor per request
-        (temperature 1), from batched passes that reuse cached prefixes: what
+        (under its sampler), from batched passes that reuse cached prefixes: what
         ``score_steps`` sums, for training proposals on whole distributions.
 
         Example:
@@ -385,10 +388,11 @@ class TokenLM(LM):
             ]
             counts = [len(requests[j].token_ids) for j in chunk]
             logits, rows = self._feed(sequences, counts)
-            log_p = torch.log_softmax(logits.float(), dim=-1)
-            width = log_p.shape[1]
+            width = logits.shape[1]
             for row, request in enumerate(rows):
-                yield chunk[request], log_p[row, width - counts[request] :]
+                sampler = requests[chunk[request]].sampler
+                positions = logits[row, width - counts[request] :]
+                yield chunk[request], target_log_probs(positions, [sampler] * len(positions))
             self.stats.tokens_scored += sum(counts)
 
     @torch.inference_mode()

@@ -7,30 +7,58 @@ from pyro.distributions import TorchDistribution
 from torch.distributions import constraints
 
 from ppl.errors import InvalidArgumentError
-from ppl.lm import LM, Context, ScoreRequest, StepRequest
+from ppl.lm import LM, Context, StepRequest
+from ppl.sampler import check_sampler
 from ppl.values import Chat, Step
 
 
 def make_request(
-    context: Context, stop, max_tokens: int, temperature: float, logits_processor=None
+    context: Context,
+    stop,
+    max_tokens: int,
+    temperature: float = 1.0,
+    logits_processor=None,
+    *,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    proposal_temperature: float | None = None,
 ) -> StepRequest:
-    """The normalized request of a step; its hash identifies the step on replay."""
+    """The normalized request of a step; its hash identifies the step on replay.
+
+    Settings that change nothing are dropped (``top_p=1``, a proposal
+    temperature equal to the target's), so equal distributions get equal requests.
+
+    Example:
+        >>> r = make_request("Hi", "\\n", 8, 0.7, top_p=1.0, proposal_temperature=0.7)
+        >>> r.stop, r.top_p, r.proposal_temperature
+        (('\\n',), None, None)
+    """
+    temperature = float(temperature)
+    if proposal_temperature is not None:
+        proposal_temperature = float(proposal_temperature)
+        if proposal_temperature == temperature:
+            proposal_temperature = None
     return StepRequest(
         context=context if isinstance(context, Chat) else str(context),
         stop=(stop,) if isinstance(stop, str) else tuple(stop),
         max_tokens=max_tokens,
-        temperature=float(temperature),
+        temperature=temperature,
         logits_processor=logits_processor,
+        top_k=top_k,
+        top_p=None if top_p is not None and top_p >= 1 else top_p,
+        proposal_temperature=proposal_temperature,
     )
 
 
 class LMStep(TorchDistribution):
     """Distribution over the next step of text that ``lm`` writes after ``context``.
 
-    Sampling draws tokens at ``temperature`` until a stop string, EOS or
-    ``max_tokens``; the target density is always the temperature-1 model, and
-    inference engines weight by ``log p - log q`` to correct the proposal.
-    ``log_prob`` scores a given ``Step`` (its ``token_ids``) with the model.
+    The density is the model as it is sampled: per token, softmax of
+    ``logits / temperature`` truncated to ``top_k`` and the ``top_p`` nucleus
+    (``ppl.sampler``), until a stop string, EOS or ``max_tokens``. Sampling
+    draws from the proposal (``proposal_temperature``, ``logits_processor``;
+    the density itself by default) and inference engines weight by
+    ``log p - log q``. ``log_prob`` scores a given ``Step`` (its ``token_ids``).
 
     Example:
         >>> d = LMStep(lm, "The sky is", stop=(".",), max_tokens=8)  # doctest: +SKIP
@@ -50,6 +78,9 @@ class LMStep(TorchDistribution):
         max_tokens: int = 64,
         temperature: float = 1.0,
         logits_processor=None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        proposal_temperature: float | None = None,
     ):
         if not isinstance(context, str | Chat):
             raise InvalidArgumentError(
@@ -57,9 +88,13 @@ class LMStep(TorchDistribution):
             )
         if not (isinstance(max_tokens, int) and max_tokens >= 1):
             raise InvalidArgumentError(f"max_tokens must be a positive int, got {max_tokens!r}")
-        if not temperature > 0:
+        check_sampler(temperature, top_k, top_p)
+        if proposal_temperature is not None and not (
+            isinstance(proposal_temperature, int | float) and proposal_temperature > 0
+        ):
             raise InvalidArgumentError(
-                f"temperature must be > 0 (the proposal must cover the model), got {temperature!r}"
+                "proposal_temperature must be > 0 (the proposal must cover the target), "
+                f"got {proposal_temperature!r}"
             )
         if logits_processor is not None:
             try:
@@ -73,7 +108,16 @@ class LMStep(TorchDistribution):
                 raise InvalidArgumentError(
                     f"logits_processor must be callable, got {logits_processor!r}"
                 )
-        request = make_request(context, stop, max_tokens, temperature, logits_processor)
+        request = make_request(
+            context,
+            stop,
+            max_tokens,
+            temperature,
+            logits_processor,
+            top_k=top_k,
+            top_p=top_p,
+            proposal_temperature=proposal_temperature,
+        )
         if not all(isinstance(s, str) and s for s in request.stop):
             raise InvalidArgumentError(f"stop must be a tuple of non-empty strings, got {stop!r}")
         if not hasattr(lm, "sample_steps"):
@@ -95,5 +139,5 @@ class LMStep(TorchDistribution):
             raise InvalidArgumentError(
                 f"LMStep.log_prob needs a Step (it scores token ids), got {type(value).__name__}"
             )
-        (logp,) = self.lm.score_steps([ScoreRequest(self.request.context, value.token_ids)])
+        (logp,) = self.lm.score_steps([self.request.score_request(value.token_ids)])
         return torch.tensor(logp)

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import torch
 
+from ppl.sampler import Sampler
 from ppl.values import Chat
 
 Context = str | Chat
@@ -25,9 +26,10 @@ class LogitsProcessor(Protocol):
     Called with the next-token logits of the rows that use it (``[rows, vocab]``,
     float32; it may modify them in place) and, per row, the tokens generated so
     far in this step; returns the logits to sample from. It changes only the
-    proposal: backends report ``logq`` under the processed distribution and
-    ``logp`` under the model, so weights ``log p - log q`` stay exact wherever
-    the processed proposal covers the program's target. A mask is exact when
+    proposal: backends report ``logq`` under the processed distribution (at the
+    proposal temperature, restricted to the target's support) and ``logp`` under
+    the step's target, so weights ``log p - log q`` stay exact wherever the
+    processed proposal covers the program's target. A mask is exact when
     every token it removes makes the program's constraint fail anyway.
     Processors must be hashable (functions and plain objects are): replay
     identifies a step by its request. A processor with a true
@@ -43,22 +45,60 @@ class LogitsProcessor(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class StepRequest:
-    """Generate one step after ``context`` until a stop string, EOS or ``max_tokens``."""
+    """Generate one step after ``context`` until a stop string, EOS or ``max_tokens``.
+
+    The target of each token is the sampler (``temperature``, ``top_k``,
+    ``top_p``; see ``ppl.sampler``). The proposal is the target unless
+    ``proposal_temperature`` or ``logits_processor`` reshape it: then it is
+    ``softmax(processor(logits) / T_q)`` on the target's support, with ``T_q``
+    the proposal temperature (the target's temperature when unset).
+
+    Example:
+        >>> r = StepRequest("2+2=", temperature=0.7, top_k=50)
+        >>> r.sampler, r.proposal_is_target
+        (Sampler(temperature=0.7, top_k=50, top_p=None), True)
+    """
 
     context: Context
     stop: tuple[str, ...] = ("\n",)
     max_tokens: int = 64
     temperature: float = 1.0
     logits_processor: LogitsProcessor | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    proposal_temperature: float | None = None
+
+    @property
+    def sampler(self) -> Sampler:
+        """The per-token target distribution of this step."""
+        return Sampler(self.temperature, self.top_k, self.top_p)
+
+    @property
+    def proposal_is_target(self) -> bool:
+        return self.logits_processor is None and self.proposal_temperature in (
+            None,
+            self.temperature,
+        )
+
+    @property
+    def proposal_scale(self) -> float:
+        """The temperature the proposal divides (processed) logits by."""
+        return self.temperature if self.proposal_temperature is None else self.proposal_temperature
+
+    def score_request(self, token_ids) -> ScoreRequest:
+        """Scoring ``token_ids`` under this step's target."""
+        return ScoreRequest(
+            self.context, tuple(token_ids), self.temperature, self.top_k, self.top_p
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class StepResult:
     """One generated step.
 
-    ``logp`` is the log-probability of ``token_ids`` under the model at
-    temperature 1; ``logq`` under the proposal actually used (temperature,
-    logits processors). Importance weights use ``logp - logq``.
+    ``logp`` is the log-probability of ``token_ids`` under the step's target
+    (its sampler); ``logq`` under the proposal actually used (proposal
+    temperature, logits processors). Importance weights use ``logp - logq``.
     """
 
     text: str
@@ -70,10 +110,17 @@ class StepResult:
 
 @dataclass(frozen=True, slots=True)
 class ScoreRequest:
-    """Score given continuation tokens after ``context`` under the temperature-1 model."""
+    """Score continuation tokens after ``context`` under a sampler (default: the model itself)."""
 
     context: Context
     token_ids: tuple[int, ...]
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+    @property
+    def sampler(self) -> Sampler:
+        return Sampler(self.temperature, self.top_k, self.top_p)
 
 
 @dataclass(slots=True)
@@ -107,7 +154,7 @@ class LM(abc.ABC):
 
     @abc.abstractmethod
     def score_steps(self, requests: Sequence[ScoreRequest]) -> list[float]:
-        """Log-probability of each request's tokens after its context (temperature 1)."""
+        """Log-probability of each request's tokens after its context, under its sampler."""
 
 
 class ForwardingLM(LM):

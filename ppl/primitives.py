@@ -32,6 +32,9 @@ def step(
     stop: tuple[str, ...] = ("\n",),
     max_tokens: int = 64,
     temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    proposal_temperature: float | None = None,
     logits_processor: LogitsProcessor | None = None,
 ) -> Step:
     """Ask ``lm`` for one reasoning step after ``context``.
@@ -39,20 +42,39 @@ def step(
     Generation stops after the token that completes a stop string, at EOS, or
     after ``max_tokens`` tokens; ``stop=()`` means no stop string. A ``str``
     context is tokenized as raw text, a ``ppl.Chat`` with the chat template.
-    ``temperature`` and ``logits_processor`` (e.g. ``models.BannedTokens``)
-    shape the proposal only: the target stays the temperature-1 model, and
-    engines weight each step by ``log p - log q``.
+
+    The step's distribution is the model as practitioners sample it: per
+    token, the softmax of ``logits / temperature``, truncated to the ``top_k``
+    most likely tokens and the ``top_p`` nucleus, renormalised (``ppl.sampler``).
+    ``proposal_temperature`` and ``logits_processor`` (e.g.
+    ``models.BannedTokens``) shape the proposal only, and engines weight each
+    step by ``log p - log q``. ``temperature=1, proposal_temperature=T`` keeps
+    the untempered model as the target and samples at ``T``.
 
     Example:
         >>> @ppl.program
         ... def haiku(lm):
-        ...     line = ppl.step("line", lm, "A haiku about rain:\\n", max_tokens=16)
+        ...     line = ppl.step("line", lm, "Rain:\\n", max_tokens=16, temperature=0.7)
         ...     ppl.answer(line.strip())
     """
+    settings = {
+        "temperature": temperature,
+        "top_k": top_k,
+        "top_p": top_p,
+        "proposal_temperature": proposal_temperature,
+    }
     recorded = replay_fast(
         name,
         "step",
-        lambda: hash(make_request(context, stop, max_tokens, temperature, logits_processor)),
+        lambda: hash(
+            make_request(
+                context,
+                stop,
+                max_tokens,
+                logits_processor=logits_processor,
+                **settings,
+            )
+        ),
     )
     if recorded is not None:
         return recorded.value
@@ -62,8 +84,8 @@ def step(
         context,
         stop=stop,
         max_tokens=max_tokens,
-        temperature=temperature,
         logits_processor=logits_processor,
+        **settings,
     )
     return pyro.sample(name, dist, infer={"ppl_kind": "step"})
 
@@ -226,6 +248,10 @@ def _check_name(name) -> None:
     # Checked when a site is new: a replayed name equals its recorded, checked, one.
     if not isinstance(name, str) or not name:
         raise InvalidArgumentError(f"site names must be non-empty strings, got {name!r}")
+    if name == "answer":
+        raise InvalidArgumentError(
+            "site name 'answer' is reserved for ppl.answer; give this site another name"
+        )
 
 
 def _log_factor(value, name: str) -> float:

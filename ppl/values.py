@@ -12,7 +12,7 @@ class Step(str):
 
     Attributes:
         token_ids: the generated token ids, including a final EOS if one was drawn.
-        logp: log-probability of ``token_ids`` under the model at temperature 1.
+        logp: log-probability of ``token_ids`` under the step's target (its sampler).
         finished: True when the model emitted EOS.
 
     Example:

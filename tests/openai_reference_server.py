@@ -17,9 +17,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import torch
-
 import ppl
+from ppl.sampler import Sampler, target_log_probs
 
 
 class ReferenceServer:
@@ -97,34 +96,45 @@ class ReferenceServer:
         self._thread.join()
 
     # --- the completions endpoint ---------------------------------------------
-    def _token_logprobs(self, prompt_ids, ids, temperature):
-        """Each token's log-probability after the ones before it (model or proposal)."""
+    def _token_logprobs(self, prompt_ids, ids, sampler):
+        """Each token's log-probability after the ones before it (model or sampled-from)."""
         lm = self.lm
         contexts = [lm.decode(prompt_ids + ids[:k]) for k in range(len(ids))]
         log_p = lm.next_token_logprobs(contexts)
         if self.logprobs == "processed":
-            log_p = torch.log_softmax(log_p / temperature, dim=-1)
+            log_p = target_log_probs(log_p, [sampler] * len(contexts))
         return [float(log_p[k, token]) for k, token in enumerate(ids)]
 
     def complete(self, body: dict) -> dict:
         lm = self.lm
         prompt = body["prompt"]
-        temperature = float(body.get("temperature", 1.0))
+        # vLLM's conventions: top_k=-1 and top_p=1 switch truncation off.
+        top_k, top_p = int(body.get("top_k", -1)), float(body.get("top_p", 1.0))
+        sampler = Sampler(
+            float(body.get("temperature", 1.0)),
+            top_k if top_k > 0 else None,
+            top_p if top_p < 1 else None,
+        )
         stop = body.get("stop") or ()
         stop = (stop,) if isinstance(stop, str) else tuple(stop)
         request = ppl.StepRequest(
-            prompt, stop=stop, max_tokens=body.get("max_tokens", 16), temperature=temperature
+            prompt,
+            stop=stop,
+            max_tokens=body.get("max_tokens", 16),
+            temperature=sampler.temperature,
+            top_k=sampler.top_k,
+            top_p=sampler.top_p,
         )
         (step,) = lm.sample_steps([request], seed=body.get("seed", 0))
         prompt_ids = list(lm.encode(prompt))
         ids = list(step.token_ids)
-        values = self._token_logprobs(prompt_ids, ids, temperature)
+        values = self._token_logprobs(prompt_ids, ids, sampler)
         text = step.text
         hit = [text.find(s) for s in stop if s in text]
         if hit:
             text = text[: min(hit)]
         if body.get("echo"):
-            echoed = [None] + self._token_logprobs(prompt_ids[:1], prompt_ids[1:], 1.0)
+            echoed = [None] + self._token_logprobs(prompt_ids[:1], prompt_ids[1:], Sampler())
             ids, values, text = prompt_ids + ids, echoed + values, prompt + text
         as_ids = body.get("return_tokens_as_token_ids")
         pieces = [f"token_id:{i}" if as_ids else lm.decode([i]) for i in ids]

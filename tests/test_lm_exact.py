@@ -15,35 +15,66 @@ PROMPT = "ab"
 
 
 @ppl.program
-def two_steps(lm, temperature):
-    first = ppl.step("first", lm, PROMPT, stop=(), max_tokens=1, temperature=temperature)
+def two_steps(lm, proposal_temperature, temperature=1.0, top_k=None, top_p=None):
+    """Two LM steps whose target is the sampler (temperature, top_k, top_p)."""
+    sampler = {
+        "temperature": temperature,
+        "top_k": top_k,
+        "top_p": top_p,
+        "proposal_temperature": proposal_temperature,
+    }
+    first = ppl.step("first", lm, PROMPT, stop=(), max_tokens=1, **sampler)
     ppl.condition("no_e", "e" not in first)
-    second = ppl.step("second", lm, PROMPT + first, stop=(), max_tokens=2, temperature=temperature)
+    second = ppl.step("second", lm, PROMPT + first, stop=(), max_tokens=2, **sampler)
     ppl.factor("fewer_c", -0.7 * second.count("c"))
     ppl.answer((str(first), str(second)[:1]))
 
 
-def next_token_probs(lm, text: str) -> list[float]:
+def sampler_probs(logits: list[float], temperature=1.0, top_k=None, top_p=None) -> list[float]:
+    """The sampler's distribution, written out independently of ppl.sampler (float64, lists)."""
+    scaled = [x / temperature for x in logits]
+    order = sorted(range(len(scaled)), key=lambda i: -scaled[i])
+    keep = set(range(len(scaled)))
+    if top_k is not None:
+        kth = scaled[order[min(top_k, len(scaled)) - 1]]
+        keep = {i for i in keep if scaled[i] >= kth}
+    top = max(scaled[i] for i in keep)
+    weights = {i: math.exp(scaled[i] - top) for i in keep}
+    total = sum(weights.values())
+    probs = {i: w / total for i, w in weights.items()}
+    if top_p is not None:
+        mass, cut = 0.0, None
+        for i in sorted(probs, key=lambda i: -probs[i]):
+            if mass < top_p:
+                cut = probs[i]
+            mass += probs[i]
+        probs = {i: p for i, p in probs.items() if p >= cut}
+        total = sum(probs.values())
+        probs = {i: p / total for i, p in probs.items()}
+    return [probs.get(i, 0.0) for i in range(len(logits))]
+
+
+def next_token_probs(lm, text: str, **sampler) -> list[float]:
     ids = torch.tensor([lm.encode(text)])
     with torch.no_grad():
         logits = lm.model(input_ids=ids).logits[0, -1]
-    return torch.softmax(logits.double(), -1).tolist()
+    return sampler_probs(logits.double().tolist(), **sampler)
 
 
-def exact_two_steps(lm) -> tuple[dict, float]:
+def exact_two_steps(lm, **sampler) -> tuple[dict, float]:
     """Enumerate both steps token by token with full forward passes (no cache)."""
     joint: dict = {}
-    first_probs = next_token_probs(lm, PROMPT)
+    first_probs = next_token_probs(lm, PROMPT, **sampler)
     for a, p_a in enumerate(first_probs):
         first = "" if a == 0 else VOCAB[a]
-        if "e" in first:
+        if "e" in first or p_a == 0:
             continue
         context = PROMPT + first
-        for t1, p_1 in enumerate(next_token_probs(lm, context)):
+        for t1, p_1 in enumerate(next_token_probs(lm, context, **sampler)):
             if t1 == 0:
                 sequences = [("", p_1)]
             else:
-                second_probs = next_token_probs(lm, context + VOCAB[t1])
+                second_probs = next_token_probs(lm, context + VOCAB[t1], **sampler)
                 sequences = [
                     (VOCAB[t1] + ("" if t2 == 0 else VOCAB[t2]), p_1 * p_2)
                     for t2, p_2 in enumerate(second_probs)
@@ -53,23 +84,43 @@ def exact_two_steps(lm) -> tuple[dict, float]:
                 key = (first, second[:1])
                 joint[key] = joint.get(key, 0.0) + weight
     z = sum(joint.values())
-    return {k: w / z for k, w in joint.items()}, math.log(z)
+    return {k: w / z for k, w in joint.items() if w > 0}, math.log(z)
 
 
 @pytest.mark.parametrize(
-    ("method", "options", "temperature"),
+    ("method", "options", "sampler"),
     [
-        ("importance", {}, 1.0),
-        ("smc", {"ess_threshold": 1.0}, 1.0),
-        ("smc", {"ess_threshold": 1.0, "resample": "residual"}, 0.6),
+        ("importance", {}, {}),
+        ("smc", {"ess_threshold": 1.0}, {}),
+        # The untempered model as the target, sampled at 0.6.
+        ("smc", {"ess_threshold": 1.0, "resample": "residual"}, {"proposal_temperature": 0.6}),
+        # The sampler as the target and the proposal: weights are the factors alone.
+        ("importance", {}, {"temperature": 0.7, "top_k": 3}),
+        ("smc", {}, {"temperature": 1.5, "top_k": 4, "top_p": 0.9}),
+        # A truncated, tempered target with a proposal at another temperature.
+        (
+            "smc",
+            {"ess_threshold": 1.0},
+            {"temperature": 0.8, "top_p": 0.8, "proposal_temperature": 1.3},
+        ),
     ],
 )
-def test_lm_posterior_matches_model_logits(method, options, temperature):
+def test_lm_posterior_matches_model_logits(method, options, sampler):
     lm = make_tiny_lm(seed=1)
-    exact, log_z = exact_two_steps(lm)
-    assert len(exact) > 5 and max(exact.values()) < 0.9  # a non-trivial target
+    target = {k: v for k, v in sampler.items() if k != "proposal_temperature"}
+    exact, log_z = exact_two_steps(lm, **target)
+    assert len(exact) > 3 and max(exact.values()) < 0.9  # a non-trivial target
+    settings = (target.get("temperature", 1.0), target.get("top_k"), target.get("top_p"))
     posterior = ppl.run(
-        method, two_steps, lm, temperature, num_runs=120, num_particles=24, seed=11, **options
+        method,
+        two_steps,
+        lm,
+        sampler.get("proposal_temperature"),
+        *settings,
+        num_runs=120,
+        num_particles=24,
+        seed=11,
+        **options,
     )
     assert_matches_exact(posterior, exact)
     assert_unbiased_evidence(posterior, log_z)

@@ -278,6 +278,40 @@ def test_lm_particle_gibbs_with_ancestor_sampling_matches_model_logits(lm_target
     assert_chains_match(posterior, exact)
 
 
+# The sampler as the target: MH re-scores kept steps and ancestor sampling re-scores the
+# reference's rest under the tempered, truncated model.
+SAMPLER = {"temperature": 0.7, "top_k": 3, "top_p": 0.95}
+
+
+@pytest.fixture(scope="module")
+def lm_sampler_target():
+    lm = make_tiny_lm(seed=1)
+    exact, _ = exact_two_steps(lm, **SAMPLER)
+    return lm, exact
+
+
+@pytest.mark.parametrize(
+    ("engine", "options"),
+    [
+        ("mh", {"num_steps": 900, "burn_in": 100, "num_chains": 16, "proposal": "rescore"}),
+        (
+            "particle_gibbs",
+            {
+                "num_particles": 4,
+                "num_iterations": 200,
+                "burn_in": 20,
+                "num_chains": 16,
+                "ancestor_sampling": True,
+            },
+        ),
+    ],
+)
+def test_lm_mcmc_targets_the_sampler(lm_sampler_target, engine, options):
+    lm, exact = lm_sampler_target
+    posterior = getattr(ppl, engine)(two_steps, lm, None, *SAMPLER.values(), seed=3, **options)
+    assert_chains_match(posterior, exact)
+
+
 def test_lm_parallel_tempering_matches_model_logits(lm_target):
     lm, exact = lm_target
     posterior = ppl.parallel_tempering(
@@ -520,7 +554,7 @@ def test_programs_without_any_valid_trace_raise():
 
 def test_ancestor_sampling_needs_steps_proposed_by_the_model(lm_target):
     lm, _ = lm_target
-    with pytest.raises(ppl.InvalidArgumentError, match="temperature 1"):
+    with pytest.raises(ppl.InvalidArgumentError, match="no proposal_temperature"):
         ppl.particle_gibbs(
             two_steps,
             lm,

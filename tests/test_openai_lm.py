@@ -78,14 +78,13 @@ def test_same_seed_gives_same_steps(server):
     assert len({r.token_ids for r in first}) > 1  # per-request seeds differ
 
 
-def test_processed_logprobs_give_exact_tempered_weights():
+def test_processed_logprobs_give_exact_weights_for_a_proposal_temperature():
     served = ReferenceServer(make_tiny_lm(seed=1), logprobs="processed")
     reference = make_tiny_lm(seed=1)
+    request = ppl.StepRequest(PROMPT, stop=(), max_tokens=3, proposal_temperature=0.5)
     try:
         with client(served, logprobs="processed") as lm:
-            results = lm.sample_steps(
-                [ppl.StepRequest(PROMPT, stop=(), max_tokens=3, temperature=0.5)] * 8, seed=1
-            )
+            results = lm.sample_steps([request] * 8, seed=1)
     finally:
         served.stop()
     for r in results:
@@ -96,25 +95,38 @@ def test_processed_logprobs_give_exact_tempered_weights():
         assert r.logq != pytest.approx(r.logp, abs=1e-3)
 
 
+def test_a_tempered_truncated_target_is_sampled_and_reported_by_the_server():
+    served = ReferenceServer(make_tiny_lm(seed=1), logprobs="processed")
+    request = ppl.StepRequest(PROMPT, stop=(), max_tokens=3, temperature=0.6, top_k=3)
+    try:
+        with client(served, logprobs="processed") as lm:
+            results = lm.sample_steps([request] * 8, seed=1)
+    finally:
+        served.stop()
+    scores = make_tiny_lm(seed=1).score_steps([request.score_request(r.token_ids) for r in results])
+    for r, score in zip(results, scores, strict=True):
+        assert r.logp == r.logq == pytest.approx(score, abs=1e-4)
+
+
 @pytest.mark.parametrize(
-    ("method", "options", "temperature", "logprobs", "num_runs"),
+    ("method", "options", "sampler", "logprobs", "num_runs"),
     [
-        ("importance", {}, 1.0, "raw", 40),
-        ("smc", {"ess_threshold": 1.0}, 0.6, "processed", 24),
+        ("importance", {}, (None,), "raw", 40),
+        ("smc", {"ess_threshold": 1.0}, (0.6,), "processed", 24),
+        ("smc", {}, (None, 0.7, 3, 0.95), "processed", 24),
     ],
 )
-def test_posterior_through_http_matches_model_logits(
-    method, options, temperature, logprobs, num_runs
-):
+def test_posterior_through_http_matches_model_logits(method, options, sampler, logprobs, num_runs):
     served = ReferenceServer(make_tiny_lm(seed=1), logprobs=logprobs)
-    exact, log_z = exact_two_steps(make_tiny_lm(seed=1))
+    target = dict(zip(("temperature", "top_k", "top_p"), sampler[1:], strict=False))
+    exact, log_z = exact_two_steps(make_tiny_lm(seed=1), **target)
     try:
         with client(served, logprobs=logprobs) as lm:
             posterior = ppl.run(
                 method,
                 two_steps,
                 lm,
-                temperature,
+                *sampler,
                 num_runs=num_runs,
                 num_particles=16,
                 seed=5,
@@ -156,6 +168,12 @@ def test_what_http_cannot_do_exactly_raises_capability_errors(server):
             lm.sample_steps([ppl.StepRequest(PROMPT, logits_processor=banned)])
         with pytest.raises(ppl.CapabilityError, match="temperature=0.5"):
             lm.sample_steps([ppl.StepRequest(PROMPT, temperature=0.5)])
+        with pytest.raises(ppl.CapabilityError, match="top_k=5"):
+            lm.sample_steps([ppl.StepRequest(PROMPT, top_k=5)])
+        with pytest.raises(ppl.CapabilityError, match="no server reports"):
+            lm.sample_steps([ppl.StepRequest(PROMPT, top_p=0.9, proposal_temperature=2.0)])
+        with pytest.raises(ppl.CapabilityError, match="score with a local backend"):
+            lm.score_steps([ppl.ScoreRequest(PROMPT, (1,), temperature=0.7)])
     with client(server, server="llama-cpp-python") as lm:
         with pytest.raises(ppl.CapabilityError, match="cannot score"):
             lm.score_steps([ppl.ScoreRequest(PROMPT, (1,))])

@@ -104,11 +104,13 @@ def test_sample_categorical_matches_probabilities_and_skips_zero_mass():
     assert ((counts - probs[0]).abs() <= 4 * se + 1e-12).all()
 
 
-def test_logits_processor_and_temperature_enter_log_q_not_log_p():
+def test_logits_processor_and_proposal_temperature_enter_log_q_not_log_p():
     lm = make_tiny_lm(seed=1)
     ban_c = BannedTokens([VOCAB.index("c")])
     requests = [
-        ppl.StepRequest("ab", stop=(), max_tokens=1, temperature=0.7, logits_processor=ban_c)
+        ppl.StepRequest(
+            "ab", stop=(), max_tokens=1, proposal_temperature=0.7, logits_processor=ban_c
+        )
     ]
     raw = full_forward_logits(lm, "ab").double()
     masked = raw.clone()

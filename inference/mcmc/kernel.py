@@ -3,8 +3,8 @@
 A state is a trace of the program: complete, or (inside SMC) stopped at its
 next random choice after ``horizon`` choices. Its target is
 
-    log gamma(trace) = sum of log p over random choices (``step``: the model at
-                       temperature 1) + sum of factors, conditions and
+    log gamma(trace) = sum of log p over random choices (``step``: its sampler,
+                       ``ppl.sampler``) + sum of factors, conditions and
                        observations [+ the current twist, for a stopped trace]
 
 Factors and observations may be tempered by ``beta`` (parallel tempering);
@@ -322,8 +322,9 @@ def _reused_site(walk: Walk) -> Site | None:
         if choice.kind == "step" and not _keepable(choice, old_choice):
             raise InvalidArgumentError(
                 f"ancestor sampling cannot re-score step {choice.name!r}: it needs steps "
-                "proposed by the model itself (temperature 1, no logits processor) whose "
-                "model, stop strings and max_tokens do not depend on earlier choices"
+                "drawn from their own target (no proposal_temperature, no logits processor) "
+                "whose model, sampler, stop strings and max_tokens do not depend on earlier "
+                "choices"
             )
     elif walk.keep is not None:
         old, old_choice = walk.keep.get(choice.name, (None, None))
@@ -344,10 +345,8 @@ def _reused_site(walk: Walk) -> Site | None:
         logp=old.value.logp,
         finished=old.value.finished,
     )
-    walk.unscored.append(
-        (len(walk.sites), choice.fn.lm, ScoreRequest(request.context, value.token_ids))
-    )
-    # q = p for a step proposed by the model itself, so a kept step adds no weight.
+    walk.unscored.append((len(walk.sites), choice.fn.lm, request.score_request(value.token_ids)))
+    # q = p for a step drawn from its own target, so a kept step adds no weight.
     return Site(choice.name, "step", value, log_prob=0.0, log_weight=0.0, fingerprint=hash(request))
 
 
@@ -362,9 +361,9 @@ def _keepable(new: PendingChoice, old: PendingChoice) -> bool:
         new.fn.lm is old.fn.lm
         and a.stop == b.stop
         and a.max_tokens == b.max_tokens
-        and a.temperature == b.temperature == 1.0
-        and a.logits_processor is None
-        and b.logits_processor is None
+        and a.sampler == b.sampler
+        and a.proposal_is_target
+        and b.proposal_is_target
     )
 
 

@@ -57,8 +57,8 @@ def particle_gibbs(
     reference) / gamma(x_i)``: the rest of the reference is re-scored after
     every particle's prefix (one batched ``score_steps`` call per round), which
     lets early choices change even when the sweep's particles coalesce. It
-    needs ``ppl.step`` proposals that are the model itself (temperature 1, no
-    logits processor).
+    needs ``ppl.step`` sites drawn from their own target (no
+    ``proposal_temperature``, no logits processor).
 
     Chains run in lock-step: every round of every chain's sweep shares one
     batched call per model. Output: one trace per iteration after

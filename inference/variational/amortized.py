@@ -31,6 +31,7 @@ from inference.importance import importance
 from inference.variational.checkpoints import load_checkpoint, save_checkpoint
 from ppl.errors import CapabilityError, InvalidArgumentError, SerializationError
 from ppl.lm import Context, ForwardingLM, ScoreRequest, StepRequest
+from ppl.sampler import proposal_log_probs, target_log_probs
 
 _FORMAT = "pplscale-logit-bias/1"
 # Log-probabilities materialised at once while recomputing a batch of positions.
@@ -246,11 +247,13 @@ def _accumulate_gradient(
 def _chunk_loss(proposal, lm, chunk) -> float:
     log_p = _position_logprobs(lm, [(request.context, ids) for _, request, ids in chunk])
     weights = torch.tensor([w for w, _, ids in chunk for _ in ids], dtype=torch.float32)
-    temperatures = torch.tensor(
-        [[r.temperature] for _, r, ids in chunk for _ in ids], dtype=torch.float32
-    )
+    requests = [r for _, r, ids in chunk for _ in ids]
     targets = torch.tensor([t for _, _, ids in chunk for t in ids], dtype=torch.long)
-    log_q = torch.log_softmax((log_p + proposal.bias) / temperatures, dim=-1)
+    # The proposal the backend samples from: biased logits at the proposal
+    # temperature, on the support of the step's sampler.
+    log_target = target_log_probs(log_p, [r.sampler for r in requests])
+    scales = [r.proposal_scale for r in requests]
+    log_q = proposal_log_probs(log_p + proposal.bias, scales, log_target)
     picked = log_q.gather(1, targets[:, None]).squeeze(1)
     loss = -(weights * picked).sum()
     loss.backward()
