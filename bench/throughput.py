@@ -23,6 +23,7 @@ from transformers import DynamicCache
 import models
 import ppl
 from models.token_lm import sample_categorical
+from models.transformers_lm import cache_keyword
 
 PROMPT = "Write a short story about a fox who finds a key.\n\nOnce upon a time"
 
@@ -47,13 +48,15 @@ def raw_decode(lm, prompt_ids: list[int], num_rows: int, num_tokens: int, seed: 
     generator = torch.Generator().manual_seed(seed)
     started = time.perf_counter()
     cache = DynamicCache(config=model.config)
-    out = model(input_ids=torch.tensor([prompt_ids]), past_key_values=cache, use_cache=True)
+    out = model(
+        input_ids=torch.tensor([prompt_ids]), **{cache_keyword(model): cache}, use_cache=True
+    )
     cache.batch_repeat_interleave(num_rows)
     logits = out.logits[:, -1, :].expand(num_rows, -1)
     for _ in range(num_tokens):
         uniforms = torch.rand(num_rows, generator=generator)
         tokens = sample_categorical(torch.log_softmax(logits.float(), -1), uniforms)
-        out = model(input_ids=tokens[:, None], past_key_values=cache, use_cache=True)
+        out = model(input_ids=tokens[:, None], **{cache_keyword(model): cache}, use_cache=True)
         logits = out.logits[:, -1, :]
     return time.perf_counter() - started
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from pathlib import Path
 
 import torch
@@ -50,6 +52,7 @@ class TransformersLM(TokenLM):
         self._encoded: dict[Context, tuple[int, ...]] = {}
         self._capturing_hidden = False
         self._hidden: torch.Tensor | None = None
+        self._cache_keyword = cache_keyword(model)
 
     @classmethod
     def from_pretrained(
@@ -199,7 +202,7 @@ class TransformersLM(TokenLM):
             input_ids=input_ids.to(self.device),
             attention_mask=batch.mask,
             position_ids=positions.to(self.device),
-            past_key_values=batch.cache,
+            **{self._cache_keyword: batch.cache},
             use_cache=True,
             logits_to_keep=num_logits,
             output_hidden_states=self._capturing_hidden,
@@ -251,3 +254,19 @@ def _eos_ids(model, tokenizer) -> set[int]:
         elif source is not None:
             ids.update(int(i) for i in source)
     return ids
+
+
+def cache_keyword(model) -> str:
+    """The forward argument that takes the KV cache: ``cache`` in recent transformers.
+
+    Older releases call it ``past_key_values``, which recent ones deprecate.
+
+    Example:
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> config = LlamaConfig(vocab_size=8, hidden_size=8, intermediate_size=8,
+        ...                      num_hidden_layers=1, num_attention_heads=1)
+        >>> cache_keyword(LlamaForCausalLM(config)) in ("cache", "past_key_values")
+        True
+    """
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
