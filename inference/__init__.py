@@ -1,8 +1,5 @@
 """Inference engines over reasoning programs; each returns a ``ppl.Posterior``."""
 
-# ppl re-exports the engines from their modules: importing it first lets either
-# package be imported first (a Ray worker starts from inference.executors).
-import ppl  # noqa: F401
 from inference.beam import beam, dvts
 from inference.conformal import (
     Abstention,
