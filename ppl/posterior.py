@@ -14,8 +14,11 @@ import numpy as np
 from scipy.special import logsumexp
 
 from ppl.errors import EmptyPosteriorError, InvalidArgumentError, SerializationError
+from ppl.files import write_atomic
+from ppl.inference_data import to_inference_data
 from ppl.serialization import decode, encode
 from ppl.trace import Site, Trace
+from ppl.weights import effective_sample_size, normalized_weights
 
 FORMAT_VERSION = 1
 
@@ -49,21 +52,6 @@ class Round:
     texts: tuple[str | None, ...]
     log_weights: tuple[float, ...]
     resampled: bool
-
-
-def normalized_weights(log_weights: np.ndarray) -> np.ndarray:
-    """Self-normalized weights; all zeros when every weight is ``-inf``."""
-    log_weights = np.asarray(log_weights, dtype=float)
-    if log_weights.size == 0 or not np.isfinite(log_weights).any():
-        return np.zeros_like(log_weights)
-    return np.exp(log_weights - logsumexp(log_weights))
-
-
-def effective_sample_size(log_weights: np.ndarray) -> float:
-    """Kish's ESS ``(sum w)^2 / sum w^2``; 0 when every weight is ``-inf``."""
-    weights = normalized_weights(log_weights)
-    total = float(np.sum(weights**2))
-    return 1.0 / total if total > 0 else 0.0
 
 
 class Posterior:
@@ -318,14 +306,12 @@ class Posterior:
         ``resampled`` per step; the ``log_evidence`` group holds one estimate
         per chain. Runs must have equal particle counts. Saves with
         ``to_netcdf`` and loads back with ``az.from_netcdf``. See
-        ``ppl.report.to_inference_data``.
+        ``ppl.inference_data.to_inference_data``.
 
         Example:
             >>> post = ppl.run("smc", prog, num_runs=4, num_particles=32)  # doctest: +SKIP
             >>> az.rhat(post.to_arviz())  # doctest: +SKIP
         """
-        from ppl.report.inference_data import to_inference_data
-
         return to_inference_data(self, seed=seed)
 
     # --- persistence ---------------------------------------------------------
@@ -375,8 +361,11 @@ class Posterior:
         )
 
     def save(self, path: str | Path) -> None:
-        """Write the posterior as JSON (``-inf`` weights are written as ``-Infinity``)."""
-        Path(path).write_text(json.dumps(self.to_dict()))
+        """Write the posterior as JSON (``-inf`` weights are written as ``-Infinity``).
+
+        The file is replaced atomically: a reader sees the old posterior or the new one.
+        """
+        write_atomic(path, json.dumps(self.to_dict()))
 
     @classmethod
     def load(cls, path: str | Path) -> Posterior:

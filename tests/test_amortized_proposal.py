@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import VOCAB, make_tiny_lm
 from test_learned_twists import optimal_twists
+from tiny import VOCAB, make_tiny_lm
 
 import ppl
 from inference.variational import LogitBiasProposal, train_logit_bias

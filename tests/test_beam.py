@@ -9,7 +9,7 @@ import numpy as np
 import pyro.distributions as dist
 import pytest
 import torch
-from conftest import make_tiny_lm
+from tiny import make_tiny_lm
 
 import ppl
 from models.verifiers import ProgrammaticVerifier

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cli_programs
 import pyro.distributions as dist
 import pytest
 import torch
@@ -17,7 +18,7 @@ from click.testing import CliRunner
 
 import ppl
 from ppl.cli import main
-from ppl.report import save_run
+from ppl.cli.report import save_run
 
 PAGE_FACTS = """JSON.stringify({
   summaryRows: [...document.querySelectorAll('#summary tbody tr')].map(
@@ -74,7 +75,7 @@ def test_run_report_loads_cleanly(chromium, tmp_path, tiny_lm):
 
 
 def test_dataset_report_loads_cleanly(chromium, tmp_path):
-    programs = Path(__file__).parent / "cli_programs.py"
+    programs = Path(cli_programs.__file__)
     dataset = tmp_path / "problems.jsonl"
     dataset.write_text(
         "\n".join(json.dumps({"input": label, "answer": f"{label}0"}) for label in "abc")

@@ -10,15 +10,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cli_programs
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from inference.conformal import AnswerSets, load_calibration, load_runs
+from inference.conformal import AnswerSets, load_calibration
 from ppl.cli import main
-from ppl.report import rundir
+from ppl.cli.report import load_runs, rundir
 
-PROGRAMS = Path(__file__).parent / "cli_programs.py"
+PROGRAMS = Path(cli_programs.__file__)
 PRIOR = np.array([0.2, 0.3, 0.5])
 
 

@@ -13,21 +13,23 @@ import math
 from pathlib import Path
 
 import arviz as az
+import cli_programs
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import make_tiny_lm
+from tiny import make_tiny_lm
 from tqdm import tqdm
 
 import inference
 import ppl
-from ppl.cli import _ProgressLM, main
-from ppl.recipes import available_methods, load_program, load_recipe, resolve_method
-from ppl.report import rundir
+from ppl.cli import main
+from ppl.cli.loading import load_program
+from ppl.cli.recipes import available_methods, load_recipe, resolve_method
+from ppl.cli.report import rundir
+from ppl.cli.run import ProgressLM
 
-HERE = Path(__file__).parent
-PROGRAMS = HERE / "cli_programs.py"
-RECIPES = HERE.parent / "examples" / "recipes"
+PROGRAMS = Path(cli_programs.__file__)
+RECIPES = Path(ppl.__file__).resolve().parents[1] / "examples" / "recipes"
 # Exact posterior of cli_programs.toy: prior [.2, .3, .5] times exp([0, -1, -2]).
 TOY_EXACT = np.array([0.2, 0.3 * math.exp(-1), 0.5 * math.exp(-2)])
 TOY_EXACT /= TOY_EXACT.sum()
@@ -206,7 +208,7 @@ def test_run_lm_program_from_hf_directory(tmp_path, tiny_model_dir):
 def test_progress_lm_counts_batched_rounds(tiny_lm):
     program = load_program(f"{PROGRAMS}:letters")
     with tqdm(file=io.StringIO(), disable=False) as bar:
-        post = ppl.smc(program, _ProgressLM(tiny_lm, bar), "ab", num_particles=5, seed=0)
+        post = ppl.smc(program, ProgressLM(tiny_lm, bar), "ab", num_particles=5, seed=0)
         assert bar.n == tiny_lm.stats.sample_calls == len(post.rounds[0]) - 1
     assert post.cost.lm_calls == tiny_lm.stats.sample_calls
 
@@ -449,7 +451,10 @@ def test_report_errors(tmp_path):
     ("args", "message"),
     [
         (["--method", "gibbs"], "unknown method 'gibbs'; available: importance, smc"),
-        (["--model", "gpt"], "unknown model 'gpt'; use default, hf:DIR, openai:URL or none"),
+        (
+            ["--model", "gpt"],
+            "unknown model 'gpt'; use default, hf:DIR, openai:URL, file.py:factory or none",
+        ),
         (["--model", "hf:/no/such/dir"], "model directory '/no/such/dir'"),
         (["--param", "ess_threshold"], "--param must look like KEY=VALUE"),
         (["--param", "temperature=2"], "method 'smc' has no parameter 'temperature'"),

@@ -426,7 +426,7 @@ def test_bad_input_is_refused(tmp_path):
 
 
 def test_public_api_is_exported():
-    assert inference.AnswerSets is AnswerSets and inference.load_runs is conformal.load_runs
+    assert inference.AnswerSets is AnswerSets and inference.load_calibration is load_calibration
     assert ppl.errors.CalibrationError is CalibrationError
 
 

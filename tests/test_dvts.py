@@ -6,19 +6,20 @@ import itertools
 import math
 from pathlib import Path
 
+import cli_programs
 import numpy as np
 import pyro.distributions as dist
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import make_tiny_lm
 from test_beam import fraction_of_a, three_steps
+from tiny import make_tiny_lm
 
 import ppl
 from models.verifiers import ProgrammaticVerifier
 from ppl.cli import main
-from ppl.recipes import load_program
-from ppl.report import rundir
+from ppl.cli.loading import load_program
+from ppl.cli.report import rundir
 
 NUM_VALUES = 3
 DEPTH = 3
@@ -213,7 +214,7 @@ def test_lm_subtrees_expand_in_one_batched_call_per_round():
 
 # --- command line -------------------------------------------------------------------
 
-PROGRAMS = Path(__file__).parent / "cli_programs.py"
+PROGRAMS = Path(cli_programs.__file__)
 
 
 def test_cli_runs_dvts_with_particles_as_subtrees(tmp_path):

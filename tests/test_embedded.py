@@ -10,7 +10,7 @@ import models
 import ppl
 from models import embedded
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(ppl.__file__).resolve().parents[1] / "examples"
 
 
 def load_example(name: str):

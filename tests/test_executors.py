@@ -5,10 +5,11 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import make_tiny_lm
+import tiny
+from tiny import make_tiny_lm
 
 import ppl
-from inference import load_results, run_dataset
+from ppl.cli.executors import load_results, run_dataset
 
 
 @ppl.program
@@ -107,9 +108,10 @@ def test_bad_input_is_a_clear_error(tmp_path, problems, options, match):
 @pytest.mark.slow
 def test_ray_workers_stream_results_to_files(tmp_path, monkeypatch):
     pytest.importorskip("ray", reason="optional extra: pip install 'pplscale[ray]'")
-    # Workers import this module (and conftest) by name.
-    here = Path(__file__).parent
-    paths = [str(here), str(here.parent), os.environ.get("PYTHONPATH", "")]
+    # Workers import this module and the tiny model's module by name, and the packages.
+    here, helpers = Path(__file__).parent, Path(tiny.__file__).parent
+    root = Path(ppl.__file__).resolve().parents[1]
+    paths = [str(here), str(helpers), str(root), os.environ.get("PYTHONPATH", "")]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
     problems = [dict(p) for p in PROBLEMS] + [{"id": "bad", "prompt": "a", "fail": True}]
     run = run_dataset(

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_lm
+from tiny import make_tiny_lm
 
 import ppl
 from inference.variational import TwistHead, collect_twist_data, fit_twist

@@ -5,8 +5,8 @@ import math
 
 import pytest
 import torch
-from conftest import VOCAB, make_tiny_lm
 from exactness import assert_matches_exact, assert_unbiased_evidence
+from tiny import VOCAB, make_tiny_lm
 
 import ppl
 

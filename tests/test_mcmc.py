@@ -18,14 +18,14 @@ import numpy as np
 import pyro.distributions as dist
 import pytest
 import torch
-from conftest import make_tiny_lm
 from exactness import assert_matches_exact, assert_unbiased_evidence
 from test_lm_exact import PROMPT, exact_two_steps, two_steps
+from tiny import make_tiny_lm
 
 import ppl
 from inference.mcmc import chain_diagnostics
+from ppl.answers import answer_label
 from ppl.posterior import Posterior
-from ppl.report.labels import answer_label
 
 # --- a toy whose structure depends on its first choice --------------------
 PRIOR = [0.45, 0.35, 0.2]

@@ -11,13 +11,14 @@ import pickle
 import time
 from pathlib import Path
 
+import cli_programs
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import make_tiny_lm
 from exactness import assert_matches_exact, assert_unbiased_evidence
 from openai_reference_server import ReferenceServer
 from test_lm_exact import PROMPT, exact_two_steps, two_steps
+from tiny import make_tiny_lm
 
 import models
 import ppl
@@ -186,7 +187,7 @@ def test_model_server_and_tokenizer_are_discovered(tmp_path):
 def test_ppl_run_with_an_openai_model(tmp_path):
     make_tiny_lm(seed=1).tokenizer.save_pretrained(tmp_path / "tokenizer")
     served = ReferenceServer(make_tiny_lm(seed=1), model=str(tmp_path / "tokenizer"))
-    program = f"{Path(__file__).parent / 'cli_programs.py'}:letters"
+    program = f"{Path(cli_programs.__file__)}:letters"
     try:
         result = CliRunner().invoke(
             main,

@@ -19,9 +19,9 @@ pytest.importorskip(
 
 import models  # noqa: E402
 import ppl  # noqa: E402
-from inference import load_results, run_dataset  # noqa: E402
 from models import embedded  # noqa: E402
 from models.openai_lm import OpenAILM  # noqa: E402
+from ppl.cli.executors import load_results, run_dataset  # noqa: E402
 
 pytestmark = pytest.mark.slow
 PROMPT = "Once upon a time"

@@ -22,25 +22,15 @@ import xarray as xr
 from scipy.special import logsumexp
 
 import ppl
-from ppl.posterior import normalized_weights
-from ppl.report import (
-    across_runs,
-    bootstrap_intervals,
-    diagnose,
-    dirichlet_intervals,
-    genealogy_to_json,
-    html,
-    load_run,
-    pareto_k,
-    plots,
-    rundir,
-    save_run,
-    to_inference_data,
-    write_genealogy_graphml,
-    write_run_report,
-)
-from ppl.report.genealogy import exportable, node_id
+from ppl.cli.report import html, load_run, plots, rundir, save_run, write_run_report
+from ppl.cli.report.genealogy import exportable, node_id
+from ppl.cli.report.genealogy import to_json as genealogy_to_json
+from ppl.cli.report.genealogy import write_graphml as write_genealogy_graphml
+from ppl.diagnostics import across_runs, diagnose, pareto_k
+from ppl.inference_data import to_inference_data
+from ppl.intervals import bootstrap_intervals, dirichlet_intervals
 from ppl.serialization import decode
+from ppl.weights import normalized_weights
 
 PRIOR = torch.tensor([0.2, 0.3, 0.5])
 LOG_FACTOR = torch.tensor([0.0, -1.0, -2.0])

@@ -8,7 +8,7 @@ import numpy as np
 import pyro.distributions as dist
 import pytest
 import torch
-from conftest import make_tiny_lm
+from tiny import make_tiny_lm
 
 import ppl
 from inference.variational import Categorical, Guide, LogNormal, Normal, guided, svi

@@ -8,15 +8,14 @@ import re
 import pytest
 
 import ppl
-from ppl.tasks import (
+from ppl.answers import extract_answer, normalize_answer
+from ppl.cli.tasks import (
     Problem,
     Task,
     arithmetic,
-    extract_answer,
     load_bigbench,
     load_jsonl,
     load_task,
-    normalize_answer,
 )
 
 

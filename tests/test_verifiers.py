@@ -9,8 +9,8 @@ import pyro.distributions as dist
 import pytest
 import torch
 import transformers
-from conftest import make_tiny_lm
 from exactness import assert_matches_exact
+from tiny import make_tiny_lm
 from tokenizers import Tokenizer, decoders
 from tokenizers.models import BPE
 from transformers import (

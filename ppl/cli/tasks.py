@@ -7,7 +7,7 @@ Three sources: JSONL files of ``{question, answer}`` records (a GSM8K-style
 difficulty is set by the number of operations and of digits.
 
 A prediction is judged by extracting the final answer from the text
-(``extract_answer``), normalizing it (``normalize_answer``) and comparing it
+(``ppl.answers.extract_answer``), normalizing it (``normalize_answer``) and comparing it
 with the normalized references. Tasks whose references are all numbers
 compare numerically: ``"1,000"``, ``"1000.0"`` and ``"$1000"`` are equal.
 
@@ -21,24 +21,15 @@ Example:
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from fractions import Fraction
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
+from ppl.answers import HASHES, as_number, extract_answer, normalize_answer
 from ppl.errors import InvalidArgumentError, TaskFormatError
-
-NUMBER = r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?(?:/\d+)?"
-ANSWER_NUMBER = re.compile(rf"answer(?:\s+is)?\s*[:=]?\s*\$?\s*({NUMBER})", re.IGNORECASE)
-ANSWER_LINE = re.compile(r"answer(?:\s+is)?\s*[:=]\s*(.+)", re.IGNORECASE)
-HASHES = re.compile(r"####\s*(.+)")
-BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
-ANY_NUMBER = re.compile(NUMBER)
-EDGE_PUNCTUATION = " \t\n\"'`.,;:!?()[]{}"
 
 
 @dataclass(frozen=True)
@@ -72,7 +63,7 @@ class Task:
     @cached_property
     def numeric(self) -> bool:
         """True when every reference answer is a number."""
-        return all(_as_number(a) is not None for p in self.problems for a in p.answers)
+        return all(as_number(a) is not None for p in self.problems for a in p.answers)
 
     def head(self, num_problems: int | None) -> Task:
         """The first ``num_problems`` problems (all when None)."""
@@ -94,63 +85,6 @@ class Task:
         answer = self.canonical(prediction)
         references = {normalize_answer(a, numeric=self.numeric) for a in problem.answers}
         return answer is not None and answer in references
-
-
-def extract_answer(text: str, *, numeric: bool = True) -> str | None:
-    """The final answer written in ``text``.
-
-    In order: the last ``Answer: X`` / ``answer is X``, the last ``#### X``,
-    the last ``\\boxed{X}``, then (numeric tasks) the last number or (text
-    tasks) the whole text. None when a numeric task's text has no number.
-
-    Example:
-        >>> extract_answer("3 * 4 = 12\\n12 + 1 = 13\\nAnswer: 13."), extract_answer("x = 7")
-        ('13', '7')
-        >>> extract_answer("The answer is: Paris.", numeric=False)
-        'Paris.'
-    """
-    if numeric:
-        for pattern in (ANSWER_NUMBER, HASHES, BOXED):
-            found = pattern.findall(text)
-            if found:
-                numbers = ANY_NUMBER.findall(found[-1])
-                if numbers:
-                    return numbers[0]
-        numbers = ANY_NUMBER.findall(text)
-        return numbers[-1] if numbers else None
-    for pattern in (ANSWER_LINE, HASHES, BOXED):
-        found = pattern.findall(text)
-        if found:
-            return found[-1].strip()
-    return text.strip()
-
-
-def normalize_answer(text: str, *, numeric: bool = True) -> str:
-    """A canonical form for comparing answers.
-
-    Numbers become exact rationals written as ``"n"`` or ``"n/d"`` (commas,
-    ``$``, ``%`` and trailing zeros dropped); anything else is lower-cased
-    with whitespace collapsed and surrounding quotes and punctuation removed.
-
-    Example:
-        >>> normalize_answer("$1,000.50"), normalize_answer("0.5"), normalize_answer("007")
-        ('2001/2', '1/2', '7')
-        >>> normalize_answer("  The  Eiffel Tower. ", numeric=False)
-        'the eiffel tower'
-    """
-    if numeric:
-        number = _as_number(text)
-        if number is not None:
-            return str(number.numerator) if number.denominator == 1 else str(number)
-    return " ".join(text.strip(EDGE_PUNCTUATION).lower().split())
-
-
-def _as_number(text) -> Fraction | None:
-    cleaned = str(text).strip().strip(".").replace(",", "").replace("$", "").rstrip("%").strip()
-    try:
-        return Fraction(cleaned)
-    except (ValueError, ZeroDivisionError):
-        return None
 
 
 # --- loaders -------------------------------------------------------------------------
@@ -333,21 +267,3 @@ def _task(name: str, problems: list[Problem], path: Path) -> Task:
     if not problems:
         raise TaskFormatError(f"{path} holds no problems")
     return Task(name, tuple(problems))
-
-
-def answers_match(answer, expected) -> bool:
-    """Whether ``answer`` is one of the ``expected`` answers (a value or a list of them).
-
-    Both sides are compared after ``normalize_answer``: numbers as exact
-    rationals, text lower-cased without surrounding punctuation. An answer
-    of None (a particle that never answered) matches nothing.
-
-    Example:
-        >>> answers_match("31.0", "31"), answers_match("30", ["29", "31"]), answers_match(None, "1")
-        (True, False, False)
-    """
-    if answer is None or expected is None:
-        return False
-    references = expected if isinstance(expected, list | tuple) else [expected]
-    normalized = normalize_answer(str(answer))
-    return any(normalized == normalize_answer(str(r)) for r in references)

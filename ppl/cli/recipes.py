@@ -27,34 +27,22 @@ Programs take the LM as their first positional argument:
 
 from __future__ import annotations
 
-import functools
-import importlib.util
+import hashlib
 import inspect
 import json
 import os
 import sys
+import time
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ppl.errors import ParticleError, RecipeError
-from ppl.handlers import RecordMessenger, Suspend
-from ppl.primitives import Program
+from inference.registry import ENGINES, Engine
+from inference.runs import run
+from ppl.errors import RecipeError
+from ppl.posterior import Posterior
 
-# Method name -> the engine parameter that ``--particles`` sets. A method is
-# available when the ``inference`` package defines a function of that name.
-METHODS: dict[str, str] = {
-    "importance": "num_particles",
-    "smc": "num_particles",
-    "beam": "beam_width",
-    "dvts": "num_subtrees",
-    "particle_gibbs": "num_particles",
-    "mh": "num_steps",
-    "parallel_tempering": "num_steps",
-}
-MODELS = "default, hf:DIR, openai:URL or none"
 RECIPE_KEYS = (
     "program",
     "method",
@@ -103,6 +91,16 @@ class RunSpec:
         """A copy with every option that is not None replacing the recipe's value."""
         return replace(self, **{k: v for k, v in options.items() if v is not None})
 
+    def fingerprint(self) -> str:
+        """Identifies the run configuration, so a resumed run never mixes configurations.
+
+        Example:
+            >>> RunSpec("a.py:f").fingerprint() == RunSpec("a.py:f", seed=1).fingerprint()
+            False
+        """
+        data = {k: v for k, v in self.metadata().items() if k not in ("recipe", "dataset")}
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
     def metadata(self) -> dict[str, Any]:
         """JSON-friendly description of the run, for result files and reports."""
         return {
@@ -120,12 +118,32 @@ class RunSpec:
         }
 
 
+def run_metadata(spec: RunSpec) -> dict[str, Any]:
+    """``spec.metadata()`` with when and by which command the run was made."""
+    return {
+        **spec.metadata(),
+        "created": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "command": " ".join(sys.argv),
+    }
+
+
+def infer(spec: RunSpec, engine: Engine, program, lm, args, kwargs, seed: int) -> Posterior:
+    """Run ``engine`` on ``program(lm, *args, **kwargs)`` as ``spec`` says (``spec.runs`` runs).
+
+    One run gives the same posterior as calling the engine with that seed.
+    """
+    method_kwargs = {engine.size_parameter: spec.particles, **spec.parameters, **kwargs}
+    if spec.runs == 1:
+        return engine.fn(program, lm, *args, seed=seed, **method_kwargs)
+    return run(engine.fn, program, lm, *args, num_runs=spec.runs, seed=seed, **method_kwargs)
+
+
 def load_recipe(path: str | Path) -> RunSpec:
     """Read a TOML recipe; relative ``program`` and ``dataset`` paths are resolved against it.
 
     Example:
-        >>> spec = load_recipe("examples/recipes/lipogram.toml")  # doctest: +SKIP
-        >>> spec.method, spec.particles                           # doctest: +SKIP
+        >>> spec = load_recipe("examples/recipes/lipogram.toml")
+        >>> spec.method, spec.particles
         ('smc', 16)
     """
     path = Path(path)
@@ -231,42 +249,33 @@ def parse_parameter(text: str) -> tuple[str, Any]:
 
 
 def available_methods() -> list[str]:
-    """The methods this installation provides, in table order.
+    """The methods this installation provides, in registry order.
 
     Example:
         >>> available_methods()[:2]
         ['importance', 'smc']
     """
-    import inference
-
-    return [name for name in METHODS if callable(getattr(inference, name, None))]
+    return list(ENGINES)
 
 
-def resolve_method(name: str, parameters: dict[str, Any]) -> tuple[Callable, str]:
-    """The engine called ``name`` and the parameter ``--particles`` sets; checks ``parameters``.
+def resolve_method(name: str, parameters: dict[str, Any]) -> Engine:
+    """The engine called ``name``, after checking ``parameters`` against its keywords.
 
     Example:
-        >>> engine, size = resolve_method("smc", {"ess_threshold": 0.3})
-        >>> engine.__name__, size
+        >>> engine = resolve_method("smc", {"ess_threshold": 0.3})
+        >>> engine.fn.__name__, engine.size_parameter
         ('smc', 'num_particles')
     """
-    import inference
-
-    if name not in METHODS:
+    if name not in ENGINES:
         raise RecipeError(f"unknown method {name!r}; available: {', '.join(available_methods())}")
-    engine = getattr(inference, name, None)
-    if not callable(engine):
-        raise RecipeError(
-            f"method {name!r} is not available in this installation; "
-            f"available: {', '.join(available_methods())}"
-        )
+    engine = ENGINES[name]
     keyword_only = [
         p
-        for p in inspect.signature(engine).parameters.values()
+        for p in inspect.signature(engine.fn).parameters.values()
         if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "seed"
     ]
     accepted = [p.name for p in keyword_only]
-    size = METHODS[name]
+    size = engine.size_parameter
     for key in parameters:
         if key == size:
             raise RecipeError(f"set {key} with --particles (or `particles` in a recipe)")
@@ -286,137 +295,7 @@ def resolve_method(name: str, parameters: dict[str, Any]) -> tuple[Callable, str
             + ", ".join(f"--param {key}=VALUE" for key in missing)
             + " (or a [parameters] entry in a recipe)"
         )
-    return engine, size
-
-
-def check_model(spec: str) -> None:
-    """Validate a model spec without loading anything.
-
-    Example:
-        >>> check_model("hf:/models/smollm2")  # no error: the directory is checked on loading
-    """
-    kind, colon, rest = spec.partition(":")
-    if spec in ("default", "none"):
-        return
-    if kind in ("hf", "openai") and colon and rest:
-        return
-    raise RecipeError(f"unknown model {spec!r}; use {MODELS}")
-
-
-def load_model(spec: str):
-    """The LM named by ``spec``: ``default`` (embedded), ``hf:DIR``, ``openai:URL`` or ``none``.
-
-    Example:
-        >>> lm = load_model("hf:/models/smollm2")  # doctest: +SKIP
-    """
-    import models
-
-    check_model(spec)
-    if spec == "none":
-        return None
-    if spec == "default":
-        return models.default_lm()
-    kind, _, rest = spec.partition(":")
-    if kind == "hf":
-        if not Path(rest).is_dir():
-            raise RecipeError(f"model directory {rest!r} (from --model {spec}) does not exist")
-        try:
-            return models.TransformersLM.from_pretrained(rest)
-        except (OSError, ValueError) as error:
-            raise RecipeError(f"cannot load a model from {rest!r}: {error}") from None
-    backend = getattr(models, "OpenAILM", None)
-    if backend is None:
-        raise RecipeError(
-            f"--model {spec}: the OpenAI-compatible backend is not available in this "
-            "installation; use --model default or hf:DIR"
-        )
-    return backend(rest)
-
-
-def load_program(target: str) -> Program:
-    """The program named by ``path/to/file.py:function``.
-
-    The returned program reports an exception raised inside a particle as a
-    ``ParticleError`` carrying that particle's trace so far.
-
-    Example:
-        >>> program = load_program("examples/lipogram.py:lipogram")  # doctest: +SKIP
-    """
-    file, colon, function = target.rpartition(":")
-    if not colon or not file or not function:
-        raise RecipeError(f"target {target!r} must be path/to/file.py:function or a .toml recipe")
-    path = Path(file)
-    if not path.is_file():
-        raise RecipeError(f"program file {file!r} does not exist")
-    module = _import_file(path)
-    found = getattr(module, function, None)
-    if found is None:
-        defined = sorted(
-            name
-            for name, value in vars(module).items()
-            if not name.startswith("_")
-            and (
-                isinstance(value, Program)
-                or (inspect.isfunction(value) and value.__module__ == module.__name__)
-            )
-        )
-        raise RecipeError(
-            f"{file} has no function {function!r}; it defines: {', '.join(defined) or 'none'}"
-        )
-    if not callable(found):
-        raise RecipeError(f"{file}:{function} is not callable (it is a {type(found).__name__})")
-    return _reporting_particle_errors(found)
-
-
-def _import_file(path: Path):
-    name = f"ppl_target_{path.stem}_{abs(hash(str(path.resolve())))}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise RecipeError(f"cannot import {str(path)!r}: not a Python file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    # The program's own directory is importable while it loads, so it can import
-    # helper modules that sit beside it.
-    sys.path.insert(0, str(path.parent.resolve()))
-    try:
-        spec.loader.exec_module(module)
-    except Exception as error:
-        del sys.modules[name]
-        raise RecipeError(
-            f"importing {str(path)!r} failed: {type(error).__name__}: {error}"
-        ) from error
-    finally:
-        sys.path.remove(str(path.parent.resolve()))
-    return module
-
-
-def _reporting_particle_errors(found: Callable) -> Program:
-    program = found if isinstance(found, Program) else Program(found)
-    fn = program.fn
-
-    @functools.wraps(fn)
-    def reporting(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (Suspend, ParticleError):
-            raise
-        except Exception as error:
-            raise ParticleError(
-                f"program {program.name!r} raised {type(error).__name__}: {error}",
-                _sites_so_far(),
-            ) from error
-
-    return Program(reporting)
-
-
-def _sites_so_far() -> tuple:
-    """The sites the innermost running particle has visited (its trace so far)."""
-    from pyro.poutine.runtime import _PYRO_STACK
-
-    for handler in reversed(_PYRO_STACK):
-        if isinstance(handler, RecordMessenger):
-            return tuple(handler.sites)
-    return ()
+    return engine
 
 
 def _expect(value, kind: type, key: str, where: str):

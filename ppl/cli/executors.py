@@ -17,16 +17,14 @@ this process, which writes them as they arrive. Ray is an optional extra:
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import tempfile
 import traceback
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from ppl.cli.store import RunStore
 from ppl.errors import InvalidArgumentError, ModelNotInstalledError, SerializationError
 
 Runner = Callable[[Mapping], object]
@@ -81,29 +79,28 @@ def run_dataset(
         >>> run_dataset(problems, make_runner, out_dir="results",  # doctest: +SKIP
         ...             executor="ray", workers=8)
     """
-    out = Path(out_dir)
+    store = RunStore(out_dir)
     keyed = _keyed(problems)
     _check_executor(executor, workers)
-    out.mkdir(parents=True, exist_ok=True)
+    store.directory.mkdir(parents=True, exist_ok=True)
     run = DatasetRun()
     pending = []
     for key, problem in keyed:
-        if _load(out / f"{key}.json") is not None:
+        if _finished(store, key) is not None:
             run.skipped.append(key)
         else:
             pending.append((key, problem))
 
     def finish(key: str, result) -> None:
         try:
-            _write_atomic(out / f"{key}.json", {"id": key, "result": result})
+            store.save(key, {"id": key, "result": result})
         except SerializationError as error:
             fail(key, f"{error}\n")
             return
-        (out / f"{key}.error.json").unlink(missing_ok=True)
         run.finished.append(key)
 
     def fail(key: str, message: str) -> None:
-        _write_atomic(out / f"{key}.error.json", {"id": key, "error": message})
+        store.save_error(key, {"id": key, "error": message})
         run.failed[key] = message
 
     map_problems(
@@ -180,11 +177,10 @@ def load_results(out_dir: str | os.PathLike) -> dict[str, object]:
         >>> load_results("results")["q17"]  # doctest: +SKIP
         {'answer': '42', 'log_evidence': -3.1}
     """
+    store = RunStore(out_dir)
     results = {}
-    for path in sorted(Path(out_dir).glob("*.json")):
-        if path.name.endswith(".error.json"):
-            continue
-        record = _load(path)
+    for key in store:
+        record = _finished(store, key)
         if record is not None:
             results[record["id"]] = record["result"]
     return results
@@ -284,30 +280,7 @@ def _keyed(problems: Sequence[Mapping]) -> list[tuple[str, Mapping]]:
     return keyed
 
 
-def _write_atomic(path: Path, record: dict) -> None:
-    """Write JSON to a temporary sibling and rename it: readers see all or nothing."""
-    try:
-        data = json.dumps(record, allow_nan=True)
-    except (TypeError, ValueError) as error:
-        raise SerializationError(
-            f"the result of problem {record['id']!r} is not JSON-serializable: {error}"
-        ) from error
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _load(path: Path):
-    """A finished record, or None when the file is missing or unreadable."""
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) and "result" in record else None
+def _finished(store: RunStore, key: str) -> dict | None:
+    """The record of a finished problem, or None when it is missing or unreadable."""
+    record = store.load(key)
+    return record if record is not None and "result" in record else None

@@ -20,12 +20,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
+from ppl.answers import answer_label
+from ppl.chains import chain_diagnostics
 from ppl.errors import InvalidArgumentError
-from ppl.posterior import Cost, Posterior, effective_sample_size, normalized_weights
-from ppl.report.inference_data import INDICATOR, resampled_after, to_inference_data
-from ppl.report.labels import answer_label
+from ppl.inference_data import INDICATOR, resampled_after, to_inference_data
+from ppl.intervals import bootstrap_intervals, check_level, dirichlet_intervals
+from ppl.posterior import Cost, Posterior
+from ppl.weights import effective_sample_size, normalized_weights
 
 LOW_ESS_FRACTION = 0.1
 MAX_PARETO_K = 0.7
@@ -69,70 +71,6 @@ def pareto_k(log_weights) -> float:
         _, k = az.psislw(argument)
     k = float(k)
     return k if math.isfinite(k) else math.nan
-
-
-def dirichlet_intervals(
-    probabilities: dict[Any, float], effective_count: float, level: float = 0.95
-) -> dict[Any, tuple[float, float]]:
-    """Equal-tailed intervals from a Dirichlet posterior on effective counts.
-
-    The weighted vote ``p_a`` over ``n = ESS`` effective particles is treated
-    as ``n p_a`` observations of answer ``a``; with a Jeffreys prior (1/2 per
-    answer) the marginal of answer ``a`` is
-    ``Beta(n p_a + 1/2, n (1 - p_a) + (K - 1)/2)``, ``K`` the number of
-    answers seen (at least 2: an unseen answer is always possible). This
-    ignores variance that resampling adds; prefer ``bootstrap_intervals``
-    over independent runs when there are several.
-
-    Example:
-        >>> dirichlet_intervals({"a": 0.5, "b": 0.5}, effective_count=100)["a"]  # doctest: +SKIP
-        (0.40..., 0.59...)
-    """
-    _check_level(level)
-    categories = max(len(probabilities), 2)
-    tail = (1.0 - level) / 2.0
-    intervals = {}
-    for answer, p in probabilities.items():
-        a = effective_count * p + 0.5
-        b = effective_count * (1.0 - p) + 0.5 * (categories - 1)
-        lower, upper = stats.beta.ppf([tail, 1.0 - tail], a, b)
-        intervals[answer] = (float(lower), float(upper))
-    return intervals
-
-
-def bootstrap_intervals(
-    run_probabilities: np.ndarray,
-    log_evidences: np.ndarray,
-    level: float = 0.95,
-    *,
-    num_resamples: int = 2000,
-    seed: int = 0,
-) -> np.ndarray:
-    """Percentile intervals of the pooled answer probabilities, resampling whole runs.
-
-    ``run_probabilities[k, a]`` is run ``k``'s probability of answer ``a``.
-    Each resample draws runs with replacement and pools them as
-    ``Posterior.combine`` does (by evidence). Returns shape ``(2, answers)``:
-    lower and upper bounds.
-
-    Example:
-        >>> bootstrap_intervals(np.array([[0.2, 0.8], [0.3, 0.7]]), np.zeros(2))  # doctest: +SKIP
-    """
-    _check_level(level)
-    run_probabilities = np.asarray(run_probabilities, dtype=float)
-    log_evidences = np.asarray(log_evidences, dtype=float)
-    num_runs = len(log_evidences)
-    z = np.zeros(num_runs)
-    if np.isfinite(log_evidences).any():
-        z = np.exp(log_evidences - np.max(log_evidences))
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(num_runs, np.full(num_runs, 1.0 / num_runs), size=num_resamples)
-    weights = counts * z
-    totals = weights.sum(axis=1)
-    keep = totals > 0
-    pooled = (weights[keep] @ run_probabilities) / totals[keep, None]
-    tail = (1.0 - level) / 2.0
-    return np.quantile(pooled, [tail, 1.0 - tail], axis=0)
 
 
 def across_runs(idata, statistic: str = "rhat") -> dict[str, float]:
@@ -329,7 +267,7 @@ def diagnose(
         >>> report = diagnose(post)             # doctest: +SKIP
         >>> report.warnings, report.answers[0]  # doctest: +SKIP
     """
-    _check_level(level)
+    check_level(level)
     if intervals not in ("auto", "bootstrap", "dirichlet"):
         raise InvalidArgumentError(
             f"intervals must be 'auto', 'bootstrap' or 'dirichlet', got {intervals!r}"
@@ -456,8 +394,6 @@ def _indicator_ess(posterior: Posterior, answers: list) -> dict[Any, float]:
     draws would); an answer no draw or every draw has, or chains of unequal
     length, keep the number of draws.
     """
-    from inference.mcmc.diagnostics import chain_diagnostics
-
     total = float(posterior.num_particles)
     try:
         per_answer = chain_diagnostics(posterior)
@@ -517,11 +453,6 @@ def _run_weights(posterior: Posterior) -> np.ndarray:
         members = posterior.run_index == k
         weights[members] = normalized_weights(posterior.log_weights[members])
     return weights
-
-
-def _check_level(level: float) -> None:
-    if not 0.0 < level < 1.0:
-        raise InvalidArgumentError(f"interval level must be in (0, 1), got {level!r}")
 
 
 def _strict_json(value):

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from ppl.answers import answer_label
 from ppl.errors import InvalidArgumentError
-from ppl.posterior import Posterior, normalized_weights
-from ppl.report.labels import answer_label
+from ppl.weights import normalized_weights
+
+if TYPE_CHECKING:  # the Posterior calls this module (to_arviz): no import at run time
+    from ppl.posterior import Posterior
 
 INDICATOR = "answer_indicator"
 # Site kinds whose numeric values are exported (verifier scores are memo or

@@ -12,9 +12,9 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ppl.cli.report import plots
+from ppl.diagnostics import Diagnostics, format_number
 from ppl.posterior import Posterior
-from ppl.report import plots
-from ppl.report.diagnostics import Diagnostics, format_number
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222;

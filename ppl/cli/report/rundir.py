@@ -26,14 +26,17 @@ from typing import Any
 
 import numpy as np
 
-from ppl.errors import InvalidArgumentError, ReportError, SerializationError
+from inference.conformal import CalibrationData, calibration_example
+from ppl.answers import answers_match
+from ppl.cli.report import html
+from ppl.cli.report.genealogy import write_graphml
+from ppl.cli.store import RunStore
+from ppl.diagnostics import Diagnostics, diagnose
+from ppl.errors import CalibrationError, InvalidArgumentError, ReportError, SerializationError
+from ppl.files import write_atomic
+from ppl.inference_data import to_inference_data
 from ppl.posterior import Posterior
-from ppl.report import html
-from ppl.report.diagnostics import Diagnostics, diagnose
-from ppl.report.genealogy import write_graphml
-from ppl.report.inference_data import to_inference_data
 from ppl.serialization import decode, encode
-from ppl.tasks import answers_match
 
 FORMAT_VERSION = 1
 RESULT_FILE = "result.json"
@@ -63,39 +66,13 @@ def ensure_writable(directory: str | Path) -> Path:
     return directory
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(temporary_path)`` and rename the result to ``path``.
-
-    Readers never see a half-written file.
-
-    Example:
-        >>> atomic_write(Path("report.html"), lambda p: p.write_text(page))  # doctest: +SKIP
-    """
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(descriptor)
-    try:
-        write(Path(temporary))
-        os.chmod(temporary, 0o666 & ~_umask())
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-
-
-def _umask() -> int:
-    # mkstemp creates files readable by the owner only; give them the usual mode.
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (``-inf`` as ``-Infinity``, as ``Posterior.save`` does).
 
     Example:
         >>> write_json(Path("result.json"), {"format": 1})  # doctest: +SKIP
     """
-    atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=1)))
+    write_atomic(path, json.dumps(data, indent=1))
 
 
 @dataclass(frozen=True)
@@ -138,9 +115,9 @@ def save_run(
     except InvalidArgumentError as error:
         diagnostics.notes.append(f"no {POSTERIOR_FILE}: {error}")
     if idata is not None:
-        atomic_write(directory / POSTERIOR_FILE, lambda p: idata.to_netcdf(str(p)))
+        write_atomic(directory / POSTERIOR_FILE, lambda p: idata.to_netcdf(str(p)))
         files.insert(1, POSTERIOR_FILE)
-    atomic_write(directory / GENEALOGY_FILE, lambda p: write_graphml(posterior.genealogy, p))
+    write_atomic(directory / GENEALOGY_FILE, lambda p: write_graphml(posterior.genealogy, p))
     result: dict[str, Any] = {
         "format": FORMAT_VERSION,
         "kind": "run",
@@ -175,7 +152,7 @@ def save_run(
             idata=idata,
             calibration=result["calibration"],
         )
-        atomic_write(directory / REPORT_FILE, lambda p: p.write_text(page))
+        write_atomic(directory / REPORT_FILE, page)
     write_json(directory / RESULT_FILE, result)
     return diagnostics
 
@@ -254,8 +231,23 @@ def write_run_report(directory: str | Path, output: str | Path | None = None) ->
         idata=idata,
         calibration=saved.result.get("calibration"),
     )
-    atomic_write(output, lambda p: p.write_text(page))
+    write_atomic(output, page)
     return output
+
+
+def problem_store(directory: str | Path) -> RunStore:
+    """The resumable store of a dataset run: ``problems/NNNNN/result.json`` per problem.
+
+    Example:
+        >>> problem_store("runs/ds").path(problem_key(3)).as_posix()
+        'runs/ds/problems/00003/result.json'
+    """
+    return RunStore(directory, layout=f"{PROBLEMS_DIR}/{{key}}/{RESULT_FILE}")
+
+
+def problem_key(index: int) -> str:
+    """The key of problem ``index`` in ``problem_store``: its zero-padded index."""
+    return f"{index:05d}"
 
 
 def problem_dir(directory: str | Path, index: int) -> Path:
@@ -265,7 +257,7 @@ def problem_dir(directory: str | Path, index: int) -> Path:
         >>> problem_dir("runs/ds", 3).as_posix()
         'runs/ds/problems/00003'
     """
-    return Path(directory) / PROBLEMS_DIR / f"{index:05d}"
+    return problem_store(directory).path(problem_key(index)).parent
 
 
 def problem_row(index: int, result: Mapping[str, Any]) -> dict[str, Any]:
@@ -295,7 +287,7 @@ def problem_row(index: int, result: Mapping[str, Any]) -> dict[str, Any]:
         "pareto_k": diagnostics["pareto_k"],
         "max_rhat": diagnostics["max_rhat"],
         "warnings": len(diagnostics["warnings"]),
-        "link": f"{PROBLEMS_DIR}/{index:05d}/{RESULT_FILE}",
+        "link": f"{PROBLEMS_DIR}/{problem_key(index)}/{RESULT_FILE}",
         "calibration": _calibrated_row(result.get("calibration"), expected),
     }
 
@@ -370,11 +362,12 @@ def save_dataset_summary(
         >>> save_dataset_summary("runs/ds", metadata={}, total=10)["finished"]  # doctest: +SKIP
     """
     directory = Path(directory)
+    store = problem_store(directory)
     rows = []
     for index in range(total):
-        path = problem_dir(directory, index)
-        if (path / RESULT_FILE).is_file():
-            rows.append(problem_row(index, read_result(path)))
+        result = store.load(problem_key(index))
+        if result is not None:
+            rows.append(problem_row(index, result))
     summary = {
         "format": FORMAT_VERSION,
         "kind": "dataset",
@@ -402,7 +395,7 @@ def write_dataset_report(
     output = Path(output) if output is not None else directory / REPORT_FILE
     rows = []
     for row in summary["problems"]:
-        link = directory / PROBLEMS_DIR / f"{row['index']:05d}"
+        link = problem_dir(directory, row["index"])
         target = link / REPORT_FILE if (link / REPORT_FILE).exists() else link / RESULT_FILE
         rows.append({**row, "link": os.path.relpath(target, output.parent)})
     page = html.dataset_report(
@@ -412,5 +405,51 @@ def write_dataset_report(
         total=summary["total"],
         calibration=summary.get("calibration"),
     )
-    atomic_write(output, lambda p: p.write_text(page))
+    write_atomic(output, page)
     return output
+
+
+def load_runs(
+    directory: str | Path, *, judge: Callable[[Any, Any], bool] = answers_match
+) -> CalibrationData:
+    """Calibration data (``inference.conformal``) from a ``ppl run --dataset`` directory.
+
+    Every finished problem counts, in index order; each needs the dataset's
+    expected answer (an ``answer`` or ``target`` field) and a saved posterior.
+
+    Example:
+        >>> data = load_runs("runs/arith-cal")  # doctest: +SKIP
+        >>> len(data), data.accuracy, data.sampled_rate  # doctest: +SKIP
+        (60, 0.3, 0.55)
+    """
+    directory = Path(directory)
+    problems = directory / PROBLEMS_DIR
+    if not problems.is_dir():
+        raise CalibrationError(
+            f"{str(directory)!r} has no {PROBLEMS_DIR}/ directory: give the --out "
+            "directory of a `ppl run --dataset` run"
+        )
+    examples = []
+    for path in sorted(p for p in problems.iterdir() if p.is_dir()):
+        if not (path / RESULT_FILE).is_file():
+            continue
+        try:
+            saved = load_run(path)
+        except ReportError as error:
+            raise CalibrationError(str(error)) from None
+        if saved.posterior is None:
+            raise CalibrationError(
+                f"{path} has no saved posterior ({saved.result.get('posterior_error')})"
+            )
+        expected = saved.metadata.get("expected")
+        if expected is None:
+            raise CalibrationError(
+                f"{path} has no expected answer: calibration needs an 'answer' field on every "
+                "line of the dataset"
+            )
+        examples.append(calibration_example(saved.posterior, expected, judge, str(path)))
+    if not examples:
+        raise CalibrationError(
+            f"{directory}/{PROBLEMS_DIR} hold no finished problems to calibrate on"
+        )
+    return CalibrationData(tuple(examples))

@@ -1,14 +1,21 @@
-"""Convergence diagnostics of MCMC chains on answer indicators."""
+"""Convergence diagnostics of MCMC chains on answer indicators.
+
+Chains are the runs of a posterior of equally weighted draws in order (the
+MCMC engines' output); the uncertainty report (``ppl.diagnostics``) uses
+each answer's ESS for its interval.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ppl.errors import InvalidArgumentError
-from ppl.posterior import Posterior
+
+if TYPE_CHECKING:
+    from ppl.posterior import Posterior
 
 
 def chain_diagnostics(posterior: Posterior) -> dict[Any, dict[str, float]]:

@@ -14,9 +14,9 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from ppl.diagnostics import Diagnostics, format_number
+from ppl.inference_data import INDICATOR
 from ppl.posterior import Posterior
-from ppl.report.diagnostics import Diagnostics, format_number
-from ppl.report.inference_data import INDICATOR
 
 MAX_ANSWERS = 10
 MAX_RANK_ANSWERS = 3
