@@ -20,8 +20,9 @@ demo: $(STAMP)
 	$(BIN)/ppl run examples/recipes/lipogram.toml --out runs/demo
 
 # Passive OpenMP waiting: spinning threads stall badly when the machine is shared.
+# The docstring examples of the packages run too (objects they use: conftest.py).
 test: $(STAMP)
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q --doctest-modules tests ppl inference models
 
 # Integration tier: the llama.cpp backend, OpenAILM against a real llama.cpp
 # server, and Ray executors. pip builds llama.cpp from source (tens of minutes

@@ -60,7 +60,7 @@ def run_nuts(
         ...     mu = numpyro.sample("mu", nd.Normal(0.0, 10.0))
         ...     numpyro.sample("y", nd.Normal(mu, 1.0), obs=y)
         >>> draws, diagnostics = run_nuts(model, (np.array([1.0, 3.0]),), ["mu"], 200, 200, 2, 0)
-        >>> draws["mu"].shape, abs(draws["mu"].mean() - 2.0) < 0.3, diagnostics.divergences
+        >>> draws["mu"].shape, bool(abs(draws["mu"].mean() - 2.0) < 0.3), diagnostics.divergences
         ((400,), True, 0)
     """
     import jax

@@ -85,8 +85,8 @@ def bootstrap_intervals(
 
     Example:
         >>> bootstrap_intervals(np.array([[0.2, 0.8], [0.3, 0.7]]), np.zeros(2)).round(2)
-        array([[0.2 , 0.7 ],
-               [0.3 , 0.8 ]])
+        array([[0.2, 0.7],
+               [0.3, 0.8]])
     """
     check_level(level)
     run_probabilities = np.asarray(run_probabilities, dtype=float)
