@@ -1,8 +1,8 @@
 """Objects the docstring examples use, so that they run as tests (``make test``).
 
 ``lm`` is a tiny randomly initialised llama over the characters ``a b c e``
-(see ``tests/tiny.py``), ``program`` a two-step program over it and ``post``
-its SMC posterior.
+(see ``tests/tiny.py``), ``program`` a two-step program over it, ``post``
+its SMC posterior, and ``coin`` a program of one biased coin flip.
 """
 
 import math
@@ -28,6 +28,12 @@ def two_letters(lm, prompt: str):
     ppl.answer(text[len(prompt) :])
 
 
+@ppl.program
+def coin():
+    """One biased coin flip (heads with probability 0.3); the answer is 1 for heads."""
+    ppl.answer(int(ppl.sample("flip", dist.Bernoulli(0.3)).item()))
+
+
 @pytest.fixture(autouse=True)
 def _doctest_objects(request, doctest_namespace):
     if not isinstance(request.node, pytest.DoctestItem):
@@ -44,6 +50,7 @@ def _doctest_objects(request, doctest_namespace):
         np=np,
         lm=lm,
         program=two_letters,
+        coin=coin,
         post=ppl.smc(two_letters, lm, "a", num_particles=8, seed=0),
     )
     yield
