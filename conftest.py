@@ -37,6 +37,7 @@ def coin():
 @pytest.fixture(autouse=True)
 def _doctest_objects(request, doctest_namespace):
     if not isinstance(request.node, pytest.DoctestItem):
+        yield
         return
     lm = make_tiny_lm()
     threads = torch.get_num_threads()

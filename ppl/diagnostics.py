@@ -279,23 +279,55 @@ def diagnose(
         )
     if intervals == "auto":
         intervals = "bootstrap" if posterior.num_runs >= MIN_BOOTSTRAP_RUNS else "dirichlet"
-    warnings_: list[str] = []
-    notes: list[str] = []
-
     runs = [_run_diagnostics(posterior, k) for k in range(posterior.num_runs)]
     answers = _answer_estimates(posterior, level, intervals, seed)
+    rhat, ess_across, notes = _across_runs(posterior, runs, seed)
+    warnings_ = _warnings(posterior, runs, rhat, low_ess_fraction, max_pareto_k, max_rhat)
+    notes += _notes(posterior, runs, intervals)
 
-    rhat: dict[str, float] = {}
-    ess_across: dict[str, float] = {}
+    finite_k = [r.pareto_k for r in runs if not math.isnan(r.pareto_k)]
+    return Diagnostics(
+        method=posterior.method,
+        num_runs=posterior.num_runs,
+        num_particles=posterior.num_particles,
+        answers=answers,
+        interval_method=intervals,
+        level=level,
+        ess=posterior.ess,
+        pareto_k=max(finite_k) if finite_k else math.nan,
+        rhat=rhat,
+        ess_across_runs=ess_across,
+        log_evidence=posterior.log_evidence,
+        log_evidence_se=posterior.log_evidence_se,
+        runs=runs,
+        cost=posterior.cost,
+        warnings=warnings_,
+        notes=notes,
+    )
+
+
+def _across_runs(
+    posterior: Posterior, runs: list[RunDiagnostics], seed: int
+) -> tuple[dict[str, float], dict[str, float], list[str]]:
+    """R-hat and ESS of the answer indicators across runs, or notes on why there are none."""
     if posterior.num_runs < 2:
-        notes.append("R-hat and ESS across runs need at least 2 independent runs (--runs)")
-    elif len(set(r.num_particles for r in runs)) != 1:
-        notes.append("R-hat needs the same number of particles in every run")
-    else:
-        idata = to_inference_data(posterior, seed=seed)
-        rhat = across_runs(idata, "rhat")
-        ess_across = across_runs(idata, "ess")
+        return {}, {}, ["R-hat and ESS across runs need at least 2 independent runs (--runs)"]
+    if len(set(r.num_particles for r in runs)) != 1:
+        return {}, {}, ["R-hat needs the same number of particles in every run"]
+    idata = to_inference_data(posterior, seed=seed)
+    return across_runs(idata, "rhat"), across_runs(idata, "ess"), []
 
+
+def _warnings(
+    posterior: Posterior,
+    runs: list[RunDiagnostics],
+    rhat: dict[str, float],
+    low_ess_fraction: float,
+    max_pareto_k: float,
+    max_rhat: float,
+) -> list[str]:
+    """What says the report is unreliable: no live particle, low ESS, heavy tails, R-hat."""
+    warnings_: list[str] = []
     if posterior.is_empty:
         warnings_.append(
             "every particle has weight zero: no answer can be reported; loosen the "
@@ -326,6 +358,12 @@ def diagnose(
             + (f" and {len(flagged) - 1} more" if len(flagged) > 1 else "")
             + ": independent runs disagree; use more particles"
         )
+    return warnings_
+
+
+def _notes(posterior: Posterior, runs: list[RunDiagnostics], intervals: str) -> list[str]:
+    """Why a statistic is missing or what an interval leaves out."""
+    notes: list[str] = []
     if any(r.log_evidence > -math.inf for r in runs):
         finite_weights = [
             np.isfinite(posterior.log_weights[posterior.run_index == r.run]) for r in runs
@@ -348,25 +386,7 @@ def diagnose(
             f"--runs {MIN_BOOTSTRAP_RUNS} or more they come from a bootstrap over runs"
         )
 
-    finite_k = [r.pareto_k for r in runs if not math.isnan(r.pareto_k)]
-    return Diagnostics(
-        method=posterior.method,
-        num_runs=posterior.num_runs,
-        num_particles=posterior.num_particles,
-        answers=answers,
-        interval_method=intervals,
-        level=level,
-        ess=posterior.ess,
-        pareto_k=max(finite_k) if finite_k else math.nan,
-        rhat=rhat,
-        ess_across_runs=ess_across,
-        log_evidence=posterior.log_evidence,
-        log_evidence_se=posterior.log_evidence_se,
-        runs=runs,
-        cost=posterior.cost,
-        warnings=warnings_,
-        notes=notes,
-    )
+    return notes
 
 
 def format_number(value: float, digits: int = 3) -> str:

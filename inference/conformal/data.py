@@ -194,7 +194,8 @@ def calibration_example(
     """A calibration problem: the particles' answers that ``judge`` accepts as ``expected``.
 
     Example:
-        >>> post = ppl.Posterior([ppl.Trace((ppl.Site("answer", "answer", "31.0"),))], [0.0])
+        >>> from ppl import Posterior, Site, Trace
+        >>> post = Posterior([Trace((Site("answer", "answer", "31.0"),))], [0.0])
         >>> sorted(calibration_example(post, "31").acceptable)
         ['31.0']
     """

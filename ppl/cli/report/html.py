@@ -55,9 +55,33 @@ def run_report(
         >>> Path("report.html").write_text(page)  # doctest: +SKIP
     """
     d = diagnostics
+    parts = [
+        _head(title),
+        f"<h1>{_esc(title)}</h1>",
+        _warnings(d.warnings),
+        "<h2>Summary</h2>",
+        _table(["quantity", "value"], [[_cell(k), _cell(v)] for k, v in _summary(d)], "summary"),
+        *_decision(calibration),
+        "<h2>Answers</h2>",
+        _answers_table(d),
+        "<h2>Runs</h2>",
+        _runs_table(d),
+    ]
+    if d.rhat:
+        parts += ["<h2>Agreement across runs</h2>", _rhat_table(d)]
+    parts.append("<h2>Figures</h2>")
+    parts += [_figure(figure, caption) for figure, caption in _figures(posterior, d, idata)]
+    parts += _notes(d.notes)
+    parts += _metadata(metadata, files)
+    parts.append("</body>\n</html>\n")
+    return "\n".join(parts)
+
+
+def _summary(d: Diagnostics) -> list[tuple[str, str]]:
+    """The summary table's rows: the MAP answer, ESS, Pareto k, R-hat, evidence, cost."""
     best = d.answers[0] if d.answers else None
     c = d.cost
-    summary = [
+    return [
         ("MAP answer", best.label if best else "none (empty posterior)"),
         (
             "P(MAP answer)",
@@ -84,6 +108,9 @@ def run_report(
         ("calls", f"{c.lm_calls} LM, {c.verifier_calls} verifier"),
         ("wall time", f"{c.wall_seconds:.2f} s"),
     ]
+
+
+def _answers_table(d: Diagnostics) -> str:
     answer_rows = [
         [
             _cell(a.label, "text"),
@@ -101,6 +128,10 @@ def run_report(
     answer_header = ["answer", "probability", f"{d.level:.0%} interval", "particles"]
     if d.num_runs > 1:
         answer_header.append("per run")
+    return _table(answer_header, answer_rows, "answers")
+
+
+def _runs_table(d: Diagnostics) -> str:
     run_rows = [
         [
             _cell(str(r.run), "num"),
@@ -112,6 +143,14 @@ def run_report(
         ]
         for r in d.runs
     ]
+    return _table(
+        ["run", "particles", "log evidence", "final ESS", "Pareto k", "resamplings"],
+        run_rows,
+        "runs",
+    )
+
+
+def _rhat_table(d: Diagnostics) -> str:
     rhat_rows = [
         [
             _cell(label, "text"),
@@ -121,6 +160,11 @@ def run_report(
         for label, value in d.rhat.items()
     ]
 
+    return _table(["answer", "R-hat", "ESS across runs"], rhat_rows, "rhat")
+
+
+def _figures(posterior: Posterior, d: Diagnostics, idata) -> list[tuple]:
+    """The report's figures and their captions; the rank plot needs ``idata`` and two runs."""
     figures = [
         (
             plots.answers_figure(d),
@@ -141,33 +185,7 @@ def run_report(
         (plots.genealogy_figure(posterior.genealogy), "Particle genealogy (first 4 runs).")
     )
 
-    parts = [
-        _head(title),
-        f"<h1>{_esc(title)}</h1>",
-        _warnings(d.warnings),
-        "<h2>Summary</h2>",
-        _table(["quantity", "value"], [[_cell(k), _cell(v)] for k, v in summary], "summary"),
-        *_decision(calibration),
-        "<h2>Answers</h2>",
-        _table(answer_header, answer_rows, "answers"),
-        "<h2>Runs</h2>",
-        _table(
-            ["run", "particles", "log evidence", "final ESS", "Pareto k", "resamplings"],
-            run_rows,
-            "runs",
-        ),
-    ]
-    if rhat_rows:
-        parts += [
-            "<h2>Agreement across runs</h2>",
-            _table(["answer", "R-hat", "ESS across runs"], rhat_rows, "rhat"),
-        ]
-    parts.append("<h2>Figures</h2>")
-    parts += [_figure(figure, caption) for figure, caption in figures]
-    parts += _notes(d.notes)
-    parts += _metadata(metadata, files)
-    parts.append("</body>\n</html>\n")
-    return "\n".join(parts)
+    return figures
 
 
 def dataset_report(
