@@ -6,15 +6,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from inference.mcmc.chains import run_chains
-from inference.mcmc.kernel import (
-    Runner,
-    chain_posterior,
-    check_burn_in,
-    check_proposal,
-    initial_states,
-    states_from_traces,
-)
+from inference.mcmc.chains import chain_posterior, run_chains
+from inference.mcmc.runner import Runner
+from inference.mcmc.start import initial_states, states_from_traces
+from inference.mcmc.state import check_burn_in, check_proposal
 from inference.population import check_positive_int
 from ppl.errors import InvalidArgumentError
 from ppl.posterior import Posterior
