@@ -21,8 +21,9 @@ demo: $(STAMP)
 	$(BIN)/python examples/demo.py --problems 4 --particles 8 --out runs/demo
 
 # Passive OpenMP waiting: spinning threads stall badly when the machine is shared.
+# The docstring examples of the packages run too (objects they use: conftest.py).
 test: $(STAMP)
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q --doctest-modules tests ppl inference models
 
 # Integration tier: the llama.cpp backend, OpenAILM against a real llama.cpp
 # server, and Ray executors. pip builds llama.cpp from source (tens of minutes
@@ -33,8 +34,8 @@ test-integration: $(STAMP)
 	ls $(LLAMA_WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
 	  $(BIN)/pip wheel --no-deps -w $(LLAMA_WHEELS) llama-cpp-python==0.3.36
 	$(BIN)/pip install -q --find-links $(LLAMA_WHEELS) 'llama-cpp-python[server]==0.3.36' 'ray>=2.40'
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q tests/test_openai_server.py \
-	  tests/test_executors.py tests/test_openai_lm.py tests/test_llamacpp.py
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q tests/models/test_openai_server.py \
+	  tests/cli/test_executors.py tests/models/test_openai_lm.py tests/models/test_llamacpp.py
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check . && $(BIN)/ruff check .

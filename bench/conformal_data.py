@@ -1,6 +1,6 @@
 """Write the calibration and held-out splits of the synthetic arithmetic suite as JSONL.
 
-Problems come from ``ppl.tasks.arithmetic`` (one operation on one-digit
+Problems come from ``ppl.cli.tasks.arithmetic`` (one operation on one-digit
 numbers); the first ``--calibration`` go to ``calibration.jsonl``, the rest to
 ``heldout.jsonl``, ready for ``ppl run --dataset``. See ``bench/README.md``.
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from ppl.tasks import arithmetic
+from ppl.cli.tasks import arithmetic
 
 
 @click.command()

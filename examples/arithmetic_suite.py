@@ -5,7 +5,7 @@ newest line through ``ppl.memo`` (replayed, never recomputed): 1 when every
 ``a op b = c`` in it holds, ``error_rate`` otherwise, and the score enters as
 a ``log p`` factor. Importance sampling, SMC and beam search then prefer
 solutions whose arithmetic holds. This is the program ``ppl bench`` runs on
-``ppl.tasks.arithmetic`` in ``bench/README.md``.
+``ppl.cli.tasks.arithmetic`` in ``bench/README.md``.
 
 Run: ``python examples/arithmetic_suite.py --problems 3 --particles 4``
 """
@@ -16,7 +16,8 @@ import click
 
 import ppl
 from models.verifiers import ProgrammaticVerifier, calculator_check, equations
-from ppl.tasks import arithmetic, extract_answer
+from ppl.answers import extract_answer
+from ppl.cli.tasks import arithmetic
 
 INSTRUCTIONS = (
     "Solve the problem with one calculation per line, then give the result "

@@ -19,8 +19,8 @@ import click
 
 import models
 import ppl
-from ppl.report.rundir import save_run
-from ppl.tasks import arithmetic
+from ppl.cli.report.rundir import save_run
+from ppl.cli.tasks import arithmetic
 
 sys.path.insert(0, str(Path(__file__).parent))
 from arithmetic_suite import solve  # noqa: E402

@@ -1,8 +1,5 @@
 """Inference engines over reasoning programs; each returns a ``ppl.Posterior``."""
 
-# ppl re-exports the engines from their modules: importing it first lets either
-# package be imported first (a Ray worker starts from inference.executors).
-import ppl  # noqa: F401
 from inference.beam import beam, dvts
 from inference.conformal import (
     Abstention,
@@ -13,9 +10,7 @@ from inference.conformal import (
     fit_score_calibration,
     from_posteriors,
     load_calibration,
-    load_runs,
 )
-from inference.executors import DatasetRun, load_results, map_problems, run_dataset
 from inference.importance import importance
 from inference.mcmc import mh, parallel_tempering, particle_gibbs
 from inference.resampling import RESAMPLERS
@@ -37,7 +32,6 @@ __all__ = [
     "Abstention",
     "AnswerSets",
     "CalibrationData",
-    "DatasetRun",
     "Guide",
     "LogitBiasProposal",
     "SampleBudget",
@@ -51,14 +45,10 @@ __all__ = [
     "importance",
     "learned_twist",
     "load_calibration",
-    "load_results",
-    "load_runs",
-    "map_problems",
     "mh",
     "parallel_tempering",
     "particle_gibbs",
     "run",
-    "run_dataset",
     "smc",
     "svi",
     "train_logit_bias",

@@ -25,40 +25,17 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
+from inference.nuts import NutsDiagnostics, run_nuts
 from ppl.errors import FitDiagnosticsError, InvalidArgumentError
-
-
-@dataclass
-class Diagnostics:
-    """NUTS diagnostics of a fit: largest split R-hat, smallest bulk ESS, divergences."""
-
-    max_r_hat: float
-    min_ess: float
-    divergences: int
-    num_chains: int
-    num_samples: int
-
-    def ok(self, max_r_hat: float = 1.05, min_ess: float = 100.0) -> bool:
-        return self.max_r_hat <= max_r_hat and self.min_ess >= min_ess and self.divergences == 0
-
-    def check(self, max_r_hat: float = 1.05, min_ess: float = 100.0) -> None:
-        """Raise ``FitDiagnosticsError`` unless R-hat, ESS and divergences look healthy."""
-        if not self.ok(max_r_hat, min_ess):
-            raise FitDiagnosticsError(
-                f"NUTS fit is unreliable: max R-hat {self.max_r_hat:.3f} (want <= {max_r_hat}), "
-                f"min ESS {self.min_ess:.0f} (want >= {min_ess}), {self.divergences} "
-                "divergences; run more warm-up and samples, or more chains"
-            )
 
 
 @dataclass
 class _Fit(abc.ABC):
     samples: dict[str, np.ndarray]
-    diagnostics: Diagnostics
+    diagnostics: NutsDiagnostics
     data: dict[str, list] = field(default_factory=dict)
 
     def check(self, max_r_hat: float = 1.05, min_ess: float = 100.0) -> None:
@@ -156,22 +133,6 @@ class ScalingLawFit(_Fit):
         beta = self.samples["beta"][:, None]
         return np.exp(-alpha * k[None, :] ** -beta)
 
-    def plot(self, path: str | Path, *, max_budget: float | None = None, title: str = "") -> None:
-        """Write a PNG: measured accuracy (Wilson 95%) and the fitted curve with a 90% band.
-
-        Example:
-            >>> fit.plot("scaling_law.png")  # doctest: +SKIP
-        """
-        budgets = np.asarray(self.data["budgets"], dtype=float)
-        successes = np.asarray(self.data["successes"], dtype=float)
-        trials = np.asarray(self.data["trials"], dtype=float)
-        top = max_budget or 8 * budgets.max()
-        grid = np.geomspace(1, top, 80)
-        band = self.predict(grid)
-        Path(path).write_bytes(
-            _plot_png(grid, band, budgets, successes, trials, title or "accuracy vs budget")
-        )
-
 
 @dataclass
 class BetaSuccessFit(_Fit):
@@ -224,7 +185,7 @@ def fit_scaling_law(
         logits = log_p - jnp.log(-jnp.expm1(log_p))
         numpyro.sample("successes", nd.Binomial(n, logits=logits), obs=s)
 
-    samples, diagnostics = _nuts(
+    samples, diagnostics = run_nuts(
         model, (k, n, s), ("log_alpha", "log_beta"), num_warmup, num_samples, num_chains, seed
     )
     data = {"budgets": k.tolist(), "successes": s.tolist(), "trials": n.tolist()}
@@ -265,42 +226,11 @@ def fit_beta_success(
         b = numpyro.deterministic("b", (1 - mu) * kappa)
         numpyro.sample("successes", nd.BetaBinomial(a, b, n), obs=s)
 
-    samples, diagnostics = _nuts(
+    samples, diagnostics = run_nuts(
         model, (n, s), ("mu", "log_kappa"), num_warmup, num_samples, num_chains, seed
     )
     data = {"successes": s.tolist(), "trials": n.tolist()}
     return BetaSuccessFit({n_: samples[n_] for n_ in ("a", "b", "mu")}, diagnostics, data)
-
-
-def _nuts(model, args, latent, num_warmup, num_samples, num_chains, seed):
-    import jax
-    from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
-    from numpyro.infer import MCMC, NUTS
-
-    for name, value in (("num_warmup", num_warmup), ("num_samples", num_samples)):
-        if not (isinstance(value, int) and value >= 10):
-            raise InvalidArgumentError(f"{name} must be an int >= 10, got {value!r}")
-    mcmc = MCMC(
-        NUTS(model),
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        num_chains=num_chains,
-        chain_method="sequential",
-        progress_bar=False,
-    )
-    mcmc.run(jax.random.PRNGKey(seed), *args, extra_fields=("diverging",))
-    grouped = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
-    r_hats, ess = [], []
-    for name in latent:
-        chains = grouped[name]
-        # Vector-valued latents (one entry per group) count by their worst entry.
-        if num_chains * num_samples >= 4:
-            r_hats.append(float(np.max(split_gelman_rubin(chains))))
-        ess.append(float(np.min(effective_sample_size(chains))))
-    diverging = int(np.asarray(mcmc.get_extra_fields()["diverging"]).sum())
-    diagnostics = Diagnostics(max(r_hats), min(ess), diverging, num_chains, num_samples)
-    flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in grouped.items()}
-    return flat, diagnostics
 
 
 def _budgets(budgets) -> np.ndarray:
@@ -332,42 +262,10 @@ def _check_counts(budgets, successes, trials):
     return k, s.astype(np.int32), n.astype(np.int32)
 
 
-def _plot_png(grid, band, budgets, successes, trials, title: str) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from ppl.harness import wilson_interval
-    from ppl.report.plots import png_bytes
-
-    figure = Figure(figsize=(6, 4.2))
-    FigureCanvasAgg(figure)
-    axes = figure.subplots()
-    axes.fill_between(grid, band["low"], band["high"], alpha=0.25, label="90% interval")
-    axes.plot(grid, band["mean"], label="posterior mean")
-    rates = successes / trials
-    intervals = np.array([wilson_interval(p, int(t)) for p, t in zip(rates, trials, strict=True)])
-    axes.errorbar(
-        budgets,
-        rates,
-        yerr=[rates - intervals[:, 0], intervals[:, 1] - rates],
-        fmt="o",
-        capsize=3,
-        label="measured (95% Wilson)",
-    )
-    axes.set_xscale("log", base=2)
-    axes.set_xlabel("budget")
-    axes.set_ylabel("accuracy")
-    axes.set_ylim(-0.02, 1.02)
-    axes.legend(fontsize="small")
-    axes.set_title(title)
-    figure.tight_layout()
-    return png_bytes(figure, dpi=110)
-
-
 __all__ = [
     "BetaSuccessFit",
-    "Diagnostics",
     "FitDiagnosticsError",
+    "NutsDiagnostics",
     "ScalingLawFit",
     "fit_beta_success",
     "fit_scaling_law",

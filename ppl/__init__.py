@@ -14,20 +14,8 @@ Example:
     >>> ppl.smc(no_e, lm, "The", num_particles=16, seed=0).summary()  # doctest: +SKIP
 """
 
-from inference.beam import beam, dvts
-from inference.conformal import Abstention, AnswerSets, SampleBudget
-from inference.importance import importance
-from inference.mcmc import mh, parallel_tempering, particle_gibbs
-from inference.runs import run
-from inference.smc import smc
-from inference.variational import (
-    Guide,
-    LogitBiasProposal,
-    TwistHead,
-    guided,
-    learned_twist,
-    svi,
-)
+import importlib
+
 from ppl.distributions import LMStep
 from ppl.errors import (
     BackendError,
@@ -67,6 +55,42 @@ from ppl.primitives import (
 )
 from ppl.trace import Site, Trace
 from ppl.values import Chat, Step
+
+# Engines and calibrated decisions live in ``inference``, which imports the core:
+# they are loaded on first use, so importing the core loads no engine.
+_LAZY = {
+    "beam": "inference.beam",
+    "dvts": "inference.beam",
+    "importance": "inference.importance",
+    "smc": "inference.smc",
+    "run": "inference.runs",
+    "mh": "inference.mcmc",
+    "parallel_tempering": "inference.mcmc",
+    "particle_gibbs": "inference.mcmc",
+    "Abstention": "inference.conformal",
+    "AnswerSets": "inference.conformal",
+    "SampleBudget": "inference.conformal",
+    "Guide": "inference.variational",
+    "LogitBiasProposal": "inference.variational",
+    "TwistHead": "inference.variational",
+    "guided": "inference.variational",
+    "learned_twist": "inference.variational",
+    "svi": "inference.variational",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ppl' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "LM",

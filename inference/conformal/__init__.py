@@ -16,14 +16,16 @@ states what it guarantees on new problems drawn the same way:
   stopping rule; with probability >= 1 - delta, the samples drawn miss every
   acceptable answer with probability <= epsilon.
 
-Calibration data comes from ``ppl run --dataset`` directories
-(``load_runs``), ``(posterior, expected)`` pairs (``from_posteriors``) or
-raw arrays (``calibrate_arrays``). A calibrated object saves to JSON
-(``save_calibration``) and ``load_calibration`` reads it back, which is
-what ``ppl calibrate`` and ``ppl run --calibration`` do.
+Calibration data comes from ``(posterior, expected)`` pairs
+(``from_posteriors``), ``ppl run --dataset`` directories
+(``ppl.cli.report.load_runs``) or raw arrays (``calibrate_arrays``). A
+calibrated object saves to JSON (``save_calibration``) and
+``load_calibration`` reads it back, which is what ``ppl calibrate`` and
+``ppl run --calibration`` do.
 
 Example:
-    >>> from inference.conformal import AnswerSets, load_runs
+    >>> from inference.conformal import AnswerSets
+    >>> from ppl.cli.report import load_runs
     >>> sets = AnswerSets(alpha=0.1).calibrate(load_runs("runs/cal"))  # doctest: +SKIP
     >>> sets.evaluate(load_runs("runs/heldout"))                      # doctest: +SKIP
     SetEvaluation(num_problems=40, coverage=0.9, mean_set_size=2.1, empty_rate=0.0)
@@ -42,9 +44,9 @@ from inference.conformal.data import (
     CalibrationData,
     CalibrationExample,
     answers_match,
+    calibration_example,
     confidence_of,
     from_posteriors,
-    load_runs,
 )
 from inference.conformal.decision import Decision
 from inference.conformal.ltt import binomial_pvalues, select
@@ -111,11 +113,11 @@ __all__ = [
     "SetEvaluation",
     "answers_match",
     "binomial_pvalues",
+    "calibration_example",
     "confidence_of",
     "fit_score_calibration",
     "from_posteriors",
     "load_calibration",
-    "load_runs",
     "save_calibration",
     "select",
 ]

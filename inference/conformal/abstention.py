@@ -13,9 +13,9 @@ from inference.conformal.bayes import CalibratedScore
 from inference.conformal.data import MAP_PROBABILITY, CalibrationData, Confidence, confidence_of
 from inference.conformal.decision import Decision
 from inference.conformal.ltt import binomial_pvalues, check_level, check_testing, select
+from ppl.answers import answer_label
 from ppl.errors import CalibrationError, InvalidArgumentError
 from ppl.posterior import Posterior
-from ppl.report.labels import answer_label
 
 # Thresholds 1.00, 0.99, ..., 0.00: most conservative (answer least) first.
 DEFAULT_THRESHOLDS = tuple(round(1 - j / 100, 2) for j in range(101))

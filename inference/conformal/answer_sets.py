@@ -11,9 +11,9 @@ import numpy as np
 from inference.conformal.data import CalibrationData, from_posteriors
 from inference.conformal.decision import Decision
 from inference.conformal.ltt import check_level
+from ppl.answers import answer_label
 from ppl.errors import CalibrationError, InvalidArgumentError
 from ppl.posterior import Posterior
-from ppl.report.labels import answer_label
 
 SCORES = ("lac", "aps")
 # Scores are rounded so that answers with equal vote shares tie exactly.

@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from inference.budget import Diagnostics, _nuts
 from inference.conformal.data import confidence_of
+from inference.nuts import NutsDiagnostics, run_nuts
 from ppl.errors import CalibrationError, InvalidArgumentError
 from ppl.posterior import Posterior
 
@@ -80,7 +80,7 @@ class ScoreCalibration:
 
     samples: dict[str, np.ndarray]
     families: tuple[str, ...] | None
-    diagnostics: Diagnostics
+    diagnostics: NutsDiagnostics
     data: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -191,7 +191,7 @@ class ScoreCalibration:
             return cls(
                 samples,
                 None if families is None else tuple(str(f) for f in families),
-                Diagnostics(**data["diagnostics"]),
+                NutsDiagnostics(**data["diagnostics"]),
                 dict(data["data"]),
             )
         except (KeyError, TypeError, ValueError) as error:
@@ -323,7 +323,7 @@ def fit_score_calibration(
     data: dict[str, Any] = {"num_observations": len(y), "accuracy": float(y.mean())}
 
     if families is None:
-        samples, diagnostics = _nuts(
+        samples, diagnostics = run_nuts(
             _flat_model, (x, y), ("a", "b"), num_warmup, num_samples, num_chains, seed
         )
         draws = {"a": samples["a"][:, None], "b": samples["b"][:, None]}
@@ -339,7 +339,7 @@ def fit_score_calibration(
     data["families"] = {f: int((index == j).sum()) for j, f in enumerate(names)}
 
     latent = ("mu_a", "mu_b", "sigma_a", "sigma_b", "z_a", "z_b")
-    samples, diagnostics = _nuts(
+    samples, diagnostics = run_nuts(
         _hierarchical_model,
         (x, index, len(names), y),
         latent,

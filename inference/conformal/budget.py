@@ -13,9 +13,9 @@ from inference.conformal.answer_sets import _as_data
 from inference.conformal.data import CalibrationData
 from inference.conformal.decision import Decision
 from inference.conformal.ltt import binomial_pvalues, check_level, select
+from ppl.answers import answer_label
 from ppl.errors import CalibrationError, InvalidArgumentError
 from ppl.posterior import Posterior
-from ppl.report.labels import answer_label
 
 RULES = ("fixed", "agreement")
 

@@ -2,11 +2,10 @@
 
 A calibration problem is a ``Posterior`` from any engine and the expected
 answer. ``from_posteriors`` builds the data from ``(posterior, expected)``
-pairs; ``load_runs`` reads the problem directories that ``ppl run --dataset``
-writes (each holds the posterior and the dataset's ``answer`` in its
-``result.json``). Answers are judged with ``ppl.tasks.answers_match``: equal
-after ``ppl.tasks.normalize_answer`` (so ``"31"``, ``"31.0"`` and ``"$31"``
-match).
+pairs (``ppl.cli.report.load_runs`` reads them from the problem directories
+that ``ppl run --dataset`` writes). Answers are judged with
+``ppl.answers.answers_match``: equal after ``ppl.answers.normalize_answer``
+(so ``"31"``, ``"31.0"`` and ``"$31"`` match).
 
 The calibration methods also take raw arrays (``calibrate_arrays``), for
 scores computed elsewhere.
@@ -17,14 +16,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ppl.errors import CalibrationError, InvalidArgumentError, ReportError
+from ppl.answers import answers_match
+from ppl.errors import CalibrationError, InvalidArgumentError
 from ppl.posterior import Posterior, normalized_weights
-from ppl.tasks import answers_match
 
 Judge = Callable[[Any, Any], bool]
 
@@ -186,53 +184,21 @@ def from_posteriors(
                 f"calibration item {index} must be a (Posterior, expected answer) pair"
             )
         posterior, expected = pair
-        examples.append(_example(posterior, expected, judge, f"item {index}"))
+        examples.append(calibration_example(posterior, expected, judge, f"item {index}"))
     return _nonempty(CalibrationData(tuple(examples)), "the calibration pairs")
 
 
-def load_runs(directory: str | Path, *, judge: Judge = answers_match) -> CalibrationData:
-    """Calibration data from a ``ppl run --dataset`` directory (its ``problems/NNNNN/``).
-
-    Every finished problem counts, in index order; each needs the dataset's
-    expected answer (an ``answer`` or ``target`` field) and a saved posterior.
+def calibration_example(
+    posterior: Posterior, expected: Any, judge: Judge = answers_match, source: str = ""
+) -> CalibrationExample:
+    """A calibration problem: the particles' answers that ``judge`` accepts as ``expected``.
 
     Example:
-        >>> data = load_runs("runs/arith-cal")  # doctest: +SKIP
-        >>> len(data), data.accuracy, data.sampled_rate  # doctest: +SKIP
-        (60, 0.3, 0.55)
+        >>> from ppl import Posterior, Site, Trace
+        >>> post = Posterior([Trace((Site("answer", "answer", "31.0"),))], [0.0])
+        >>> sorted(calibration_example(post, "31").acceptable)
+        ['31.0']
     """
-    from ppl.report import rundir
-
-    directory = Path(directory)
-    problems = directory / rundir.PROBLEMS_DIR
-    if not problems.is_dir():
-        raise CalibrationError(
-            f"{str(directory)!r} has no {rundir.PROBLEMS_DIR}/ directory: give the --out "
-            "directory of a `ppl run --dataset` run"
-        )
-    examples = []
-    for path in sorted(p for p in problems.iterdir() if p.is_dir()):
-        if not (path / rundir.RESULT_FILE).is_file():
-            continue
-        try:
-            saved = rundir.load_run(path)
-        except ReportError as error:
-            raise CalibrationError(str(error)) from None
-        if saved.posterior is None:
-            raise CalibrationError(
-                f"{path} has no saved posterior ({saved.result.get('posterior_error')})"
-            )
-        expected = saved.metadata.get("expected")
-        if expected is None:
-            raise CalibrationError(
-                f"{path} has no expected answer: calibration needs an 'answer' field on every "
-                "line of the dataset"
-            )
-        examples.append(_example(saved.posterior, expected, judge, str(path)))
-    return _nonempty(CalibrationData(tuple(examples)), f"{directory}/{rundir.PROBLEMS_DIR}")
-
-
-def _example(posterior: Posterior, expected: Any, judge: Judge, source: str) -> CalibrationExample:
     acceptable = frozenset(a for a in set(posterior.answers) if judge(a, expected))
     return CalibrationExample(posterior, expected, acceptable, source)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ppl.answers import answer_label
 from ppl.errors import SerializationError
-from ppl.report.labels import answer_label
 from ppl.serialization import encode
 
 

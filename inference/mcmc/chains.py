@@ -1,4 +1,4 @@
-"""Lock-step Metropolis-Hastings chains, optionally tempered with swap moves."""
+"""Lock-step Metropolis-Hastings chains (optionally tempered, with swaps) and their posterior."""
 
 from __future__ import annotations
 
@@ -7,14 +7,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from inference.mcmc.kernel import (
-    Runner,
-    State,
-    choice_positions,
-    log_tempered_terms,
-    mh_move,
-)
+from inference.mcmc.kernel import mh_move
+from inference.mcmc.runner import Runner
+from inference.mcmc.state import State, choice_positions, log_tempered_terms
 from inference.population import check_positive_int
+from ppl.posterior import Posterior
 from ppl.trace import Trace
 
 
@@ -97,3 +94,23 @@ def run_chains(
             swap_accepts, swap_tries, out=np.full(len(swap_tries), math.nan), where=swap_tries > 0
         ).tolist()
     return samples, info
+
+
+def chain_posterior(
+    runner: Runner, samples: Sequence[Sequence[Trace]], method: str, info: dict
+) -> Posterior:
+    """Chains of equally weighted samples as a posterior: one run per chain, no evidence.
+
+    ``info["draws_in_order"]`` tells exporters (``to_arviz``) that each run's
+    particles are a chain's draws in order, to be kept as they are.
+    """
+    num_chains = len(samples)
+    return Posterior(
+        [trace for chain in samples for trace in chain],
+        np.zeros(sum(len(chain) for chain in samples)),
+        run_index=np.repeat(np.arange(num_chains), [len(chain) for chain in samples]),
+        log_evidences=np.full(num_chains, math.nan),
+        cost=runner.cost(),
+        method=method,
+        info={**info, "draws_in_order": True},
+    )

@@ -6,15 +6,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from inference.mcmc.chains import run_chains
-from inference.mcmc.kernel import (
-    Runner,
-    chain_posterior,
-    check_burn_in,
-    check_proposal,
-    initial_states,
-    states_from_traces,
-)
+from inference.mcmc.chains import chain_posterior, run_chains
+from inference.mcmc.runner import Runner
+from inference.mcmc.start import initial_states, states_from_traces
+from inference.mcmc.state import check_burn_in, check_proposal
 from inference.population import check_positive_int
 from ppl.errors import InvalidArgumentError
 from ppl.posterior import Posterior
@@ -38,8 +33,8 @@ def mh(
 
     What it estimates: each chain is a Markov chain whose stationary
     distribution is the program's posterior over complete traces,
-    ``pi(trace) ∝ prod p(choices) * prod factors`` (``ppl.step`` under the
-    model at temperature 1; twists guide SMC only and are not part of ``pi``).
+    ``pi(trace) ∝ prod p(choices) * prod factors`` (``ppl.step`` under its
+    sampler; twists guide SMC only and are not part of ``pi``).
     After ``burn_in`` steps, the averages of its samples converge to
     expectations under ``pi``; the chains' spread gives R-hat and effective
     sample sizes (``posterior.to_arviz()``: chain = chain, draw = step).

@@ -8,17 +8,11 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from inference.mcmc.kernel import (
-    Runner,
-    State,
-    Walk,
-    chain_posterior,
-    check_burn_in,
-    choice_positions,
-    log_target,
-    run_walks,
-)
+from inference.mcmc.chains import chain_posterior
 from inference.mcmc.mh import start_states
+from inference.mcmc.runner import Runner
+from inference.mcmc.state import State, check_burn_in, choice_positions, log_target
+from inference.mcmc.walk import Walk, run_walks
 from inference.population import check_positive_int
 from ppl.errors import EmptyPosteriorError, InvalidArgumentError
 from ppl.posterior import Posterior

@@ -6,7 +6,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from inference.mcmc.kernel import Runner, State, mh_move
+from inference.mcmc.kernel import mh_move
+from inference.mcmc.runner import Runner
+from inference.mcmc.state import State
 from ppl.handlers import PendingChoice
 from ppl.trace import Trace
 

@@ -6,14 +6,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from inference.mcmc.chains import run_chains
-from inference.mcmc.kernel import (
-    Runner,
-    chain_posterior,
-    check_burn_in,
-    check_proposal,
-)
+from inference.mcmc.chains import chain_posterior, run_chains
 from inference.mcmc.mh import start_states
+from inference.mcmc.runner import Runner
+from inference.mcmc.state import check_burn_in, check_proposal
 from inference.population import check_positive_int
 from ppl.errors import InvalidArgumentError
 from ppl.posterior import Posterior

@@ -1,0 +1,131 @@
+"""One benchmark run: an engine on one question, and each method's prediction from it.
+
+A method reads its prediction from one engine run, so methods that read the
+same engine share its runs (``importance``, ``majority``, ``best_of_n`` and
+``weighted_majority`` all read one importance run).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from inference.registry import get_engine
+from ppl.cli.loading import load_target
+from ppl.cli.tasks import Problem, Task
+from ppl.errors import EmptyPosteriorError, InvalidArgumentError
+from ppl.posterior import Posterior
+from ppl.trace import Site, Trace
+
+# Method -> the registered engine whose run it reads.
+METHODS = {
+    "importance": "importance",
+    "majority": "importance",
+    "best_of_n": "importance",
+    "weighted_majority": "importance",
+    "smc": "smc",
+    "beam": "beam",
+    "dvts": "dvts",
+}
+VERIFIER_METHODS = ("best_of_n", "weighted_majority")
+
+
+def load_verifier(spec: str | None, lm):
+    """``calculator``, ``judge`` (an outcome-level LM judge on the same weights),
+    ``prm:PATH``, or a ``file.py:name`` holding a verifier or a function returning one."""
+    from models import TransformersLM
+    from models.verifiers import PRM, LMJudge, ProgrammaticVerifier, Verifier
+
+    if spec is None:
+        return None
+    if spec == "calculator":
+        return ProgrammaticVerifier.calculator()
+    if spec == "judge":
+        return LMJudge(TransformersLM(lm.model, lm.tokenizer), level="outcome")
+    if spec.startswith("prm:"):
+        return PRM(spec[4:])
+    verifier = load_target(spec)
+    if not isinstance(verifier, Verifier) and callable(verifier):
+        verifier = verifier()
+    if not isinstance(verifier, Verifier):
+        raise InvalidArgumentError(f"{spec} is not a verifier (models.verifiers.Verifier)")
+    return verifier
+
+
+def run_seed(base_seed: int, seed_index: int, problem_index: int) -> int:
+    """The engine seed of one run; shared by all engines and budgets (common random numbers)."""
+    state = np.random.SeedSequence([base_seed, seed_index, problem_index]).generate_state(2)
+    return int(state[0]) << 31 | int(state[1]) >> 1
+
+
+def run_engine(
+    engine: str, program, lm, question: str, budget: int, seed: int, verifier, expansions: int
+) -> Posterior:
+    """One engine run on one question with ``budget`` particles (beam, dvts: children per round).
+
+    Search engines (not ``exact`` in the registry) expand each kept trace
+    ``expansions`` ways and rank traces by the verifier's score when there is
+    a verifier, else by their likelihood.
+    """
+    spec = get_engine(engine)
+    if spec.exact:
+        return spec.fn(program, lm, question, **{spec.size_parameter: budget}, seed=seed)
+    score = verifier.trace_scorer(question) if verifier is not None else "likelihood"
+    num_expansions = min(expansions, budget)
+    width = max(1, budget // num_expansions)
+    return spec.fn(
+        program,
+        lm,
+        question,
+        **{spec.size_parameter: width},
+        num_expansions=num_expansions,
+        seed=seed,
+        score=score,
+    )
+
+
+def predictions(
+    engine: str, posterior: Posterior, task: Task, problem: Problem, verifier
+) -> tuple[dict[str, str | None], dict[str, float]]:
+    """Each method's normalized answer from one engine run, and the verifier's cost."""
+    canonical = [task.canonical(answer) for answer in posterior.answers]
+    view = Posterior(
+        [Trace((Site("answer", "answer", answer),)) for answer in canonical],
+        posterior.log_weights,
+    )
+    views: dict[str, Callable[[], Any]]
+    cost = {"verifier_calls": 0, "verifier_tokens_scored": 0, "verifier_seconds": 0.0}
+    if engine == "importance":
+        views = {"importance": view.map_answer, "majority": view.majority_answer}
+        if verifier is not None:
+            started, calls = time.perf_counter(), verifier.calls
+            scored_before = _tokens_scored(verifier)
+            scores = verifier.score_batch(
+                [(problem.question, [s.value for s in t.steps]) for t in posterior.particles]
+            )
+            cost = {
+                "verifier_calls": verifier.calls - calls,
+                "verifier_tokens_scored": _tokens_scored(verifier) - scored_before,
+                "verifier_seconds": time.perf_counter() - started,
+            }
+            views["best_of_n"] = lambda: view.best_of_n_answer(scores)
+            views["weighted_majority"] = lambda: view.weighted_majority_answer(scores)
+    elif engine == "smc":
+        views = {"smc": view.map_answer}
+    else:
+        views = {engine: view.best_of_n_answer}
+    answers = {}
+    for method, read in views.items():
+        try:
+            answers[method] = read()
+        except EmptyPosteriorError:
+            answers[method] = None
+    return answers, cost
+
+
+def _tokens_scored(verifier) -> int:
+    stats = getattr(getattr(verifier, "lm", None), "stats", None)
+    return stats.tokens_scored if stats is not None else 0

@@ -1,0 +1,261 @@
+"""``ppl bench`` on a tiny random model: outputs, accounting, resumption, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import textwrap
+from collections import defaultdict
+
+import numpy as np
+import pytest
+import transformers
+from click.testing import CliRunner
+from tiny import make_tiny_lm
+
+import ppl
+from models import TransformersLM
+from ppl.cli.bench.command import bench
+from ppl.cli.bench.engines import load_verifier, run_seed
+from ppl.cli.loading import load_target
+from ppl.cli.tasks import arithmetic, load_jsonl
+from ppl.intervals import wilson_interval
+
+QUESTIONS = ["ab", "ba", "cab", "abc", "bca", "aab", "cc", "bb", "ca", "ac"]
+PROGRAM = """
+import os
+
+import ppl
+from models.verifiers import ProgrammaticVerifier
+
+
+@ppl.program
+def guess(lm, question):
+    if question == "cc" and os.environ.get("BENCH_CRASH"):
+        raise RuntimeError("simulated crash")
+    first = ppl.step("first", lm, question, stop=(), max_tokens=1)
+    ppl.factor("prefer_a", 0.0 if first == "a" else -1.0)
+    second = ppl.step("second", lm, question + first, stop=(), max_tokens=1)
+    ppl.answer(str(first) or str(second))
+
+
+# Prefers solutions whose first step repeats the question's last letter (the answer).
+verifier = ProgrammaticVerifier(lambda q, steps: 0.9 if steps[0] == q[-1] else 0.2)
+"""
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    lm = make_tiny_lm(seed=0)
+    transformers.utils.logging.disable_progress_bar()
+    lm.model.save_pretrained(root / "model")
+    lm.tokenizer.save_pretrained(root / "model")
+    (root / "program.py").write_text(textwrap.dedent(PROGRAM))
+    task = root / "task.jsonl"
+    task.write_text("".join(json.dumps({"question": q, "answer": q[-1]}) + "\n" for q in QUESTIONS))
+    return root
+
+
+def invoke(
+    setup, out, *extra, methods="importance,majority", budgets="1", env=None, progress=False
+):
+    args = [
+        "--task",
+        str(setup / "task.jsonl"),
+        "--program",
+        f"{setup / 'program.py'}:guess",
+        "--model",
+        str(setup / "model"),
+        "--methods",
+        methods,
+        "--budgets",
+        budgets,
+        "--out",
+        str(out),
+        "--progress" if progress else "--no-progress",
+        *extra,
+    ]
+    return CliRunner().invoke(bench, args, env=env or {})
+
+
+def read_csv(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def read_runs(out):
+    return [json.loads(path.read_text()) for path in sorted((out / "runs").glob("*.json"))]
+
+
+ALL = "importance,majority,beam,smc,best_of_n,weighted_majority"
+
+
+def test_bench_writes_curves_for_every_method(setup, tmp_path):
+    out = tmp_path / "out"
+    result = invoke(
+        setup, out, "--verifier", f"{setup / 'program.py'}:verifier", methods=ALL, budgets="1,2"
+    )
+    assert result.exit_code == 0, result.output
+    assert "60 runs computed, 0 reused; 10 problems" in result.output
+    rows = read_csv(out / "results.csv")
+    assert [(r["method"], int(r["budget"])) for r in rows] == [
+        (m, b) for m in ALL.split(",") for b in (1, 2)
+    ]
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["config"]["program"].endswith("program.py:guess")
+    assert len(summary["results"]) == len(rows)
+    png = (out / "accuracy.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+    task = load_jsonl(setup / "task.jsonl")
+    problems = {p.id: p for p in task}
+    runs = read_runs(out)
+    assert len(runs) == 3 * 2 * 10
+    correct = defaultdict(list)
+    for run in runs:
+        for method, answer in run["answers"].items():
+            assert run["correct"][method] == task.is_correct(problems[run["problem"]], answer)
+            correct[method, run["budget"]].append(run["correct"][method])
+    for row, reported in zip(rows, summary["results"], strict=True):
+        method, budget = row["method"], int(row["budget"])
+        accuracy = float(np.mean(correct[method, budget]))
+        assert float(row["accuracy"]) == pytest.approx(accuracy, abs=1e-6)
+        low, high = wilson_interval(accuracy, 10)
+        assert float(row["ci_low"]) == pytest.approx(low, abs=1e-5)
+        assert float(row["ci_high"]) == pytest.approx(high, abs=1e-5)
+        assert int(row["problems"]) == 10 and int(row["seeds"]) == 1
+        assert reported["accuracy"] == pytest.approx(accuracy)
+        # Every particle writes exactly two one-token steps.
+        if method != "beam":
+            assert float(row["tokens_generated_per_problem"]) == 2 * budget
+        # Best-of-N scores each particle once; beam each distinct child of its two rounds.
+        verifier_calls = float(row["verifier_calls_per_problem"])
+        if method in ("best_of_n", "weighted_majority"):
+            assert verifier_calls == budget
+        elif method == "beam":
+            assert 2 <= verifier_calls <= 2 * budget
+        else:
+            assert verifier_calls == 0
+    assert 0 < np.mean([float(r["accuracy"]) for r in rows]) < 1
+
+
+def test_wilson_interval_reference_values():
+    assert wilson_interval(0.5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson_interval(0.0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(1.0, 20) == pytest.approx((0.8389, 1.0), abs=1e-4)
+
+
+def test_rerun_reuses_finished_runs_and_adds_new_cells(setup, tmp_path):
+    out = tmp_path / "out"
+    first = invoke(setup, out, budgets="1")
+    assert "10 runs computed, 0 reused" in first.output
+    before = read_runs(out)
+    second = invoke(setup, out, "--seeds", "2", methods="importance,majority,smc")
+    assert second.exit_code == 0, second.output
+    assert "30 runs computed, 10 reused" in second.output
+    assert all(run in read_runs(out) for run in before)
+    rows = read_csv(out / "results.csv")
+    assert [r["method"] for r in rows] == ["importance", "majority", "smc"]
+    assert {int(r["seeds"]) for r in rows} == {2}
+    third = invoke(setup, out, "--seeds", "2", methods="smc")
+    assert "0 runs computed, 20 reused" in third.output
+
+
+def test_interrupted_bench_continues_where_it_stopped(setup, tmp_path):
+    out = tmp_path / "out"
+    crashed = invoke(setup, out, methods="importance,smc", env={"BENCH_CRASH": "1"})
+    assert isinstance(crashed.exception, RuntimeError)
+    assert "rerun the command to continue" in "\n".join(crashed.exception.__notes__)
+    finished = read_runs(out)
+    # Problems are run in order; "cc" is the seventh, so six importance runs finished.
+    assert sorted(r["problem"] for r in finished) == ["1", "2", "3", "4", "5", "6"]
+    assert not (out / "results.csv").exists()
+
+    resumed = invoke(setup, out, methods="importance,smc")
+    assert resumed.exit_code == 0, resumed.output
+    assert "14 runs computed, 6 reused" in resumed.output
+    runs = read_runs(out)
+    assert all(run in runs for run in finished)
+    keys = [(r["engine"], r["budget"], r["seed"], r["problem"]) for r in runs]
+    assert len(keys) == len(set(keys)) == 20
+
+
+def test_unreadable_record_is_run_again(setup, tmp_path):
+    out = tmp_path / "out"
+    invoke(setup, out)
+    record = sorted((out / "runs").glob("*.json"))[0]
+    record.write_text('{"engine": "importance", "bud')
+    again = invoke(setup, out, progress=True)
+    assert again.exit_code == 0, again.output
+    assert "1 runs computed, 9 reused" in again.stdout
+    assert "9/10" in again.stderr  # the progress bar starts from the finished runs
+    assert len(read_runs(out)) == 10
+
+
+def test_refuses_to_mix_benchmarks(setup, tmp_path):
+    out = tmp_path / "out"
+    invoke(setup, out)
+    other = invoke(setup, out, "--seed", "7")
+    assert other.exit_code != 0
+    assert "holds runs of a different configuration (differs in seed)" in other.output
+
+
+@pytest.mark.parametrize(
+    ("extra", "options", "message"),
+    [
+        ((), {"methods": "importance,greedy"}, "unknown method"),
+        ((), {"methods": "best_of_n"}, "need --verifier"),
+        ((), {"budgets": "0,2"}, "positive integers"),
+        ((), {"budgets": "1,x"}, "comma-separated integers"),
+        (("--verifier", "nonsense"), {}, "must look like path/to/file.py:name"),
+    ],
+)
+def test_bad_options_are_reported(setup, tmp_path, extra, options, message):
+    result = invoke(setup, tmp_path / "out", *extra, **options)
+    assert result.exit_code != 0
+    assert message in result.output
+
+
+def test_load_target_errors(tmp_path):
+    with pytest.raises(ppl.RecipeError, match="does not exist"):
+        load_target(str(tmp_path / "missing.py") + ":fn")
+    (tmp_path / "mod.py").write_text("x = 1\n")
+    with pytest.raises(ppl.RecipeError, match="has no function 'fn'"):
+        load_target(f"{tmp_path / 'mod.py'}:fn")
+    assert load_target(f"{tmp_path / 'mod.py'}:x") == 1
+    assert load_target("ppl.cli.tasks:arithmetic") is arithmetic
+
+
+def test_dvts_runs_budget_over_expansions_subtrees(setup, tmp_path):
+    out = tmp_path / "out"
+    verifier = f"{setup / 'program.py'}:verifier"
+    result = invoke(
+        setup, out, "--verifier", verifier, "--beam-expansions", "2", methods="dvts", budgets="4"
+    )
+    assert result.exit_code == 0, result.output
+    assert [r["method"] for r in read_csv(out / "results.csv")] == ["dvts"]
+    task = load_jsonl(setup / "task.jsonl")
+    program = load_target(f"{setup / 'program.py'}:guess")
+    scorer = load_verifier(verifier, None)
+    lm = TransformersLM.from_pretrained(str(setup / "model"))
+    runs = {run["problem"]: run for run in read_runs(out)}
+    assert len(runs) == len(task)
+    for index, problem in enumerate(task):
+        run = runs[problem.id]
+        assert run["engine"] == "dvts"
+        direct = ppl.dvts(
+            program,
+            lm,
+            problem.question,
+            num_subtrees=2,
+            num_expansions=2,
+            seed=run_seed(0, 0, index),
+            score=scorer.trace_scorer(problem.question),
+        )
+        assert run["answers"] == {"dvts": task.canonical(direct.best_of_n_answer())}
+        # Two rounds of two subtrees times two children, one token each.
+        assert run["tokens_generated"] == direct.cost.tokens_generated == 2 * 4
