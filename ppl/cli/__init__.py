@@ -8,6 +8,13 @@ core (``ppl``), the engines (``inference``) or the backends (``models``)
 imports this package.
 """
 
+import warnings
+
+# The application's own output stays readable: ArviZ announces an upcoming
+# refactor once a day as a FutureWarning that says nothing about this run.
+# Library code leaves warnings alone; only the application entry filters it.
+warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing", category=FutureWarning)
+
 
 def __getattr__(name: str):
     # `ppl.cli:main` is the console script; importing the package alone loads no command.
