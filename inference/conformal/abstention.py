@@ -12,13 +12,19 @@ from inference.conformal.answer_sets import _as_data
 from inference.conformal.bayes import CalibratedScore
 from inference.conformal.data import MAP_PROBABILITY, CalibrationData, Confidence, confidence_of
 from inference.conformal.decision import Decision
-from inference.conformal.ltt import binomial_pvalues, check_level, check_testing, select
+from inference.conformal.ltt import (
+    check_level,
+    check_procedure,
+    learn_then_test,
+    procedure_text,
+)
 from ppl.errors import CalibrationError, InvalidArgumentError
 from ppl.posterior import Posterior
 from ppl.report.labels import answer_label
 
 # Thresholds 1.00, 0.99, ..., 0.00: most conservative (answer least) first.
 DEFAULT_THRESHOLDS = tuple(round(1 - j / 100, 2) for j in range(101))
+DEFAULT_PROCEDURE = "split-start"
 # A MAP answer every particle agrees on sums to 1 only up to rounding.
 TOLERANCE = 1e-9
 
@@ -91,8 +97,10 @@ class Abstention:
         *,
         confidence: Confidence = MAP_PROBABILITY,
         thresholds=DEFAULT_THRESHOLDS,
-        testing: str = "fixed-sequence",
-        starts: int = 4,
+        procedure: str = DEFAULT_PROCEDURE,
+        starts: int | None = None,
+        split: float = 0.2,
+        seed: int = 0,
     ):
         self.risk = check_level("risk", risk)
         self.delta = check_level("delta", delta)
@@ -109,9 +117,14 @@ class Abstention:
             or (np.diff(self.thresholds) >= 0).any()
         ):
             raise InvalidArgumentError("thresholds must be a non-empty, strictly decreasing list")
-        check_testing(testing)
-        self.testing = testing
-        self.starts = starts
+        check_procedure(procedure)
+        if starts is not None and procedure != "fixed-sequence":
+            raise InvalidArgumentError("starts applies to procedure='fixed-sequence' only")
+        self.procedure = procedure
+        self.starts = (4 if starts is None else starts) if procedure == "fixed-sequence" else 1
+        self.split = split
+        self.seed = seed
+        self.num_testing = 0
         self.threshold: float | None = None
         self.pvalues = np.array([])
         self.num_calibration = 0
@@ -135,11 +148,16 @@ class Abstention:
         """
         confidence, correct = _check_arrays(confidence, correct)
         answered = confidence[:, None] + TOLERANCE >= self.thresholds[None, :]
-        trials = answered.sum(axis=0)
-        errors = (answered & ~correct[:, None]).sum(axis=0)
-        self.pvalues = binomial_pvalues(errors, trials, self.risk)
-        chosen = int(select(self.pvalues, self.delta, self.testing, starts=self.starts))
+        wrong = np.broadcast_to(~correct[:, None], answered.shape)
+        certified = learn_then_test(
+            wrong, answered, self.risk, self.delta, self.procedure,
+            starts=self.starts, split=self.split, seed=self.seed,
+        )  # fmt: skip
+        chosen = certified.index
+        self.pvalues, self.num_testing = certified.pvalues, certified.num_testing
         self.num_calibration = len(confidence)
+        trials = answered.sum(axis=0)
+        errors = (answered & wrong).sum(axis=0)
         if chosen < 0:
             self.threshold = math.inf
             self.answer_rate, self.calibration_risk = 0.0, math.nan
@@ -205,9 +223,7 @@ class Abstention:
         )
 
     def _procedure(self) -> str:
-        if self.testing == "bonferroni" or self.starts == 1:
-            return self.testing
-        return f"fixed-sequence from {self.starts} start points"
+        return procedure_text(self.procedure, self.starts, self.num_calibration, self.num_testing)
 
     # --- evaluation ----------------------------------------------------------
     def evaluate(self, data) -> AbstentionEvaluation:
@@ -258,8 +274,11 @@ class Abstention:
             "delta": self.delta,
             "confidence": confidence,
             "thresholds": self.thresholds.tolist(),
-            "testing": self.testing,
+            "procedure": self.procedure,
             "starts": self.starts,
+            "split": self.split,
+            "seed": self.seed,
+            "num_testing": self.num_testing,
             "threshold": self.threshold,
             "pvalues": self.pvalues.tolist(),
             "num_calibration": self.num_calibration,
@@ -278,9 +297,12 @@ class Abstention:
             data["delta"],
             confidence=confidence,
             thresholds=data["thresholds"],
-            testing=data["testing"],
-            starts=data["starts"],
+            procedure=data["procedure"],
+            starts=data["starts"] if data["procedure"] == "fixed-sequence" else None,
+            split=data["split"],
+            seed=data["seed"],
         )
+        rule.num_testing = int(data["num_testing"])
         rule.threshold = float(data["threshold"])
         rule.pvalues = np.asarray(data["pvalues"], dtype=float)
         rule.num_calibration = int(data["num_calibration"])
