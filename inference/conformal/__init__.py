@@ -57,9 +57,9 @@ from inference.conformal.data import (
     load_runs,
 )
 from inference.conformal.decision import Decision
-from inference.conformal.draws import draws
 from inference.conformal.ltt import PROCEDURES, Certified, binomial_pvalues, learn_then_test, select
 from inference.conformal.stopping import StoppingEvaluation, StoppingRule
+from inference.conformal.units import draws
 from ppl.errors import CalibrationError
 
 FORMAT_VERSION = 1

@@ -12,18 +12,18 @@ import numpy as np
 from inference.conformal.answer_sets import _as_data
 from inference.conformal.data import CalibrationData
 from inference.conformal.decision import Decision
-from inference.conformal.draws import (
-    answer_ids,
-    check_draws,
-    check_unit,
-    draws,
-    running_counts,
-)
 from inference.conformal.ltt import (
     check_level,
     check_procedure,
     learn_then_test,
     procedure_text,
+)
+from inference.conformal.units import (
+    answer_ids,
+    check_draws,
+    check_unit,
+    draws,
+    running_counts,
 )
 from ppl.errors import CalibrationError, InvalidArgumentError
 from ppl.posterior import Posterior
@@ -140,7 +140,7 @@ class SampleBudget:
             (1, 0.75)
         """
         answers, acceptable = self._check_arrays(answers, acceptable)
-        used, missed = self._play(answers, acceptable, self._candidates())
+        used, missed = self.play(answers, acceptable, self._candidates())
         certified = learn_then_test(
             missed, None, self.epsilon, self.delta, self.procedure, split=self.split, seed=self.seed
         )
@@ -160,7 +160,7 @@ class SampleBudget:
         """How many of these samples (answer ids, -1 for none) the rule draws."""
         answers = np.asarray(answers).reshape(1, -1)
         self._require()
-        used, _ = self._play(answers, np.zeros(answers.shape, bool), np.array([self.parameter]))
+        used, _ = self.play(answers, np.zeros(answers.shape, bool), np.array([self.parameter]))
         return int(used[0, 0])
 
     def predict(self, posterior: Posterior, *, seed: int | None = None) -> Decision:
@@ -231,7 +231,7 @@ class SampleBudget:
         """``evaluate`` on raw arrays (see ``calibrate_arrays``)."""
         self._require()
         answers, acceptable = self._check_arrays(answers, acceptable)
-        used, missed = self._play(answers, acceptable, np.array([self.parameter]))
+        used, missed = self.play(answers, acceptable, np.array([self.parameter]))
         return BudgetEvaluation(
             num_problems=len(answers),
             miss_rate=float(missed.mean()),
@@ -246,7 +246,7 @@ class SampleBudget:
     def _parameter_name(self) -> str:
         return "samples" if self.rule == "fixed" else "agreeing samples"
 
-    def _play(self, answers, acceptable, parameters) -> tuple[np.ndarray, np.ndarray]:
+    def play(self, answers, acceptable, parameters) -> tuple[np.ndarray, np.ndarray]:
         """Samples drawn and whether all of them missed, per problem and parameter."""
         size = answers.shape[1]
         if self.rule == "fixed":

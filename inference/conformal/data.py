@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from inference.conformal.draws import draws
+from inference.conformal.units import draws
 from ppl.errors import CalibrationError, InvalidArgumentError, ReportError
 from ppl.posterior import Posterior, normalized_weights
 from ppl.tasks import answers_match

@@ -12,13 +12,12 @@ from scipy import special
 
 from inference.conformal.answer_sets import _as_data
 from inference.conformal.decision import Decision
-from inference.conformal.draws import answer_ids, check_draws, check_unit, draws, running_counts
 from inference.conformal.ltt import check_level, check_procedure, learn_then_test, procedure_text
+from inference.conformal.units import answer_ids, check_draws, check_unit, draws, running_counts
 from ppl.errors import CalibrationError, InvalidArgumentError
 from ppl.posterior import Posterior
 from ppl.report.labels import answer_label
 
-STATISTICS = ("beta", "share")
 LOSSES = ("accuracy", "disagreement")
 # Most conservative first: inf never stops early (the full budget, whose loss is 0).
 DEFAULT_THRESHOLDS = (math.inf, 0.999, 0.998, 0.995, 0.99, 0.98, 0.97, 0.96, 0.95, 0.93, 0.9)
@@ -45,11 +44,12 @@ class StoppingRule:
 
     After each draw (a particle of importance sampling, or an independent
     run: ``unit``), the leading answer (most votes; ties to the one seen
-    first) gets a confidence: ``statistic="beta"`` is the probability that
-    its share exceeds the runner-up's, ``P(p_1 > p_2)`` under a ``Beta(a +
-    1, b + 1)`` posterior for ``a`` leading and ``b`` runner-up votes (the
-    adaptive-consistency criterion); ``"share"`` is its vote share. Sampling
-    stops at the first draw where the confidence reaches ``lambda``, or at
+    first) gets a confidence: the probability that its share exceeds the
+    runner-up's, ``P(p_1 > p_2)`` under a ``Beta(a + 1, b + 1)`` posterior
+    for ``a`` leading and ``b`` runner-up votes (the adaptive-consistency
+    criterion; unlike the raw vote share, it grows with the number of
+    votes, so one lucky first draw does not stop sampling). Sampling stops
+    at the first draw where the confidence reaches ``lambda``, or at
     ``max_samples``, and the leading answer is returned.
 
     A stop is a loss when the early answer is wrong while the answer of all
@@ -86,7 +86,6 @@ class StoppingRule:
         epsilon: float,
         delta: float = 0.1,
         *,
-        statistic: str = "beta",
         loss: str = "accuracy",
         thresholds=DEFAULT_THRESHOLDS,
         max_samples: int | None = None,
@@ -97,9 +96,9 @@ class StoppingRule:
     ):
         self.epsilon = check_level("epsilon", epsilon)
         self.delta = check_level("delta", delta)
-        _check_choice("statistic", statistic, STATISTICS)
-        _check_choice("loss", loss, LOSSES)
-        self.statistic, self.loss = statistic, loss
+        if loss not in LOSSES:
+            raise InvalidArgumentError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+        self.loss = loss
         self.thresholds = np.asarray(thresholds, dtype=float)
         if (
             self.thresholds.ndim != 1
@@ -179,12 +178,10 @@ class StoppingRule:
             return used, right_full & ~right_early
         return used, (early != full) | ((leading[rows, used - 1] > 0) != (leading[:, -1:] > 0))
 
-    def _confidence(self, leading: np.ndarray, runner_up) -> np.ndarray:
-        draws_so_far = np.arange(1, leading.shape[1] + 1)[None, :]
-        if self.statistic == "share":
-            value = leading / draws_so_far
-        else:
-            value = special.betainc(runner_up + 1.0, leading + 1.0, 0.5)
+    @staticmethod
+    def _confidence(leading: np.ndarray, runner_up) -> np.ndarray:
+        """``P(p_1 > p_2)`` for ``p ~ Beta(leading + 1, runner_up + 1)``; -inf before any vote."""
+        value = special.betainc(runner_up + 1.0, leading + 1.0, 0.5)
         return np.where(leading > 0, value, -np.inf)
 
     def stop(self, answers) -> tuple[int, int]:
@@ -217,7 +214,7 @@ class StoppingRule:
             answers=(best,) if leader >= 0 else (),
             probabilities=(votes / drawn,) if leader >= 0 else (),
             details={
-                "statistic": self.statistic,
+                "confidence": "P(leading share > runner-up share), Beta posterior",
                 "threshold": threshold,
                 "samples drawn": drawn,
                 "max samples": self.max_samples,
@@ -294,7 +291,7 @@ class StoppingRule:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StoppingRule:
-        options = ("statistic", "loss", "max_samples", "unit", "procedure", "split", "seed")
+        options = ("loss", "max_samples", "unit", "procedure", "split", "seed")
         rule = cls(
             data["epsilon"],
             data["delta"],
@@ -316,11 +313,6 @@ class StoppingRule:
 
 
 _SAVED = (
-    "epsilon", "delta", "statistic", "loss", "max_samples", "unit", "procedure", "split", "seed",
+    "epsilon", "delta", "loss", "max_samples", "unit", "procedure", "split", "seed",
     "num_calibration", "num_testing", "loss_rate", "mean_samples", "samples_saved",
 )  # fmt: skip
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise InvalidArgumentError(f"{name} must be one of {', '.join(choices)}, got {value!r}")

@@ -9,6 +9,9 @@ of every candidate parameter is known. Two kinds:
   are) and its MAP answer is right with probability ``c ** power``
   (``power > 1``: overconfident). Error rates among problems answered at a
   threshold are exact (incomplete beta functions).
+- ``VotePool``: the confidence is one of a few values (vote shares, where
+  ties and unanimity are common) with given probabilities, and the MAP
+  answer is right with a given probability at each value.
 - ``SamplingPool``: each problem's samples are right with a per-problem
   probability ``p`` (0 for a fraction ``unsolvable`` of problems, else
   ``Beta(a, b)``) and otherwise one of ``num_wrong`` wrong answers drawn
@@ -68,6 +71,39 @@ class ConfidencePool:
         thresholds = np.asarray(thresholds, dtype=float)
         valid = self.risk(thresholds) <= risk
         return float(self.answer_rate(thresholds[valid]).max()) if valid.any() else 0.0
+
+
+@dataclass(frozen=True)
+class VotePool:
+    """Confidence ``values[k]`` with probability ``probability[k]``, right with ``correct[k]``."""
+
+    values: tuple[float, ...]
+    probability: tuple[float, ...]
+    correct: tuple[float, ...]
+
+    def draw(self, num_problems: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``num_problems`` confidences and whether each MAP answer is right."""
+        k = rng.choice(len(self.values), size=num_problems, p=self.probability)
+        return np.asarray(self.values)[k], rng.random(num_problems) < np.asarray(self.correct)[k]
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.dot(self.probability, self.correct))
+
+    def _answered(self, thresholds) -> np.ndarray:
+        thresholds = np.asarray(thresholds, dtype=float)[..., None]
+        return np.asarray(self.values) >= thresholds - 1e-9
+
+    def answer_rate(self, thresholds) -> np.ndarray:
+        return (self._answered(thresholds) * np.asarray(self.probability)).sum(axis=-1)
+
+    def risk(self, thresholds) -> np.ndarray:
+        rate = self.answer_rate(thresholds)
+        wrong = self._answered(thresholds) * np.asarray(self.probability)
+        wrong = (wrong * (1 - np.asarray(self.correct))).sum(axis=-1)
+        return np.where(rate > 0, wrong / np.where(rate > 0, rate, 1.0), 0.0)
+
+    oracle = ConfidencePool.oracle
 
 
 @dataclass(frozen=True)
