@@ -53,31 +53,41 @@ class Abstention:
     with the rule). A function must be fixed independently of the
     calibration problems: fit a score calibration on a disjoint split, or
     the guarantee below is void. For each candidate threshold
-    ``lambda`` (``thresholds``, tested from the highest down), the null
-    ``risk(lambda) > risk`` is tested with the binomial tail p-value of the
-    errors among the calibration problems answered at ``lambda``; given
-    which problems are answered, their errors are independent with
-    probability ``risk(lambda)``, so the p-value is valid.
-    Fixed-sequence testing from ``starts`` evenly spaced start points, each
-    at level ``delta / starts`` (or Bonferroni, ``testing="bonferroni"``),
-    keeps the chance of any false rejection below ``delta``, and the lowest
-    rejected threshold is chosen. ``starts=1`` is plain fixed-sequence
-    testing, the most powerful when the highest thresholds already answer
-    many calibration problems (vote shares, where unanimity is common);
-    the default of 4 start points (1.0, 0.75, 0.5, 0.25) keeps continuous
-    scores, which rarely reach 1, from stalling at the top.
+    ``lambda`` (``thresholds``, highest first), the null ``risk(lambda) >
+    risk`` is tested with the binomial tail p-value of the errors among the
+    calibration problems answered at ``lambda``; given which problems are
+    answered, their errors are independent with probability
+    ``risk(lambda)``, so the p-value is valid. A family-wise procedure
+    (``procedure``, see ``inference.conformal.ltt``) keeps the chance of any
+    false rejection below ``delta``, and the lowest rejected threshold is
+    chosen.
+
+    The default, ``"split-start"``, spends a random ``split`` (20%) of the
+    calibration problems on choosing where to start (the threshold of
+    smallest p-value there) and walks towards lower thresholds on the rest.
+    A walk from the top stalls when the highest thresholds answer few
+    problems, as continuous confidences do (no posterior mass reaches 1), and
+    the error rate grows as the threshold falls, so a walk in that direction
+    from a well-measured start loses least. On synthetic problems with 500
+    calibration problems it answered the most of every procedure on
+    continuous confidences (``bench/README.md``). ``"fixed-sequence"`` with
+    ``starts=1`` is best when unanimity is common (vote shares of a few
+    samples); ``"pareto"`` orders every threshold by its split p-value
+    (better when the error rate is not monotone in the threshold);
+    ``"fallback"`` and ``"bonferroni"`` use every problem for testing but
+    pay for each threshold tried. ``seed`` draws the split.
 
     Guarantee: if calibration and new problems are exchangeable, then with
     probability at least ``1 - delta`` over the calibration draw, the error
-    rate among the problems the rule answers is at most ``risk``. When no
+    rate among the problems the rule answers is at most ``risk``. This holds
+    for posteriors of any engine (SMC included): each problem's posterior
+    is one observation, and the particles need not be independent, as long
+    as calibration and new problems are run the same way. When no
     threshold passes (too few calibration problems, or errors even at the
     highest confidence), the rule abstains on everything (``threshold =
-    inf``), which satisfies the guarantee trivially. Each fixed-sequence walk
-    stops at the first threshold it cannot reject, and a threshold can only
-    be rejected when it answers, with no errors, at least
-    ``log(delta / starts) / log(1 - risk)`` calibration problems; several
-    start points keep a walk that begins above every confidence seen from
-    ending the search.
+    inf``), which satisfies the guarantee trivially. A threshold can only be
+    rejected when it answers, with no errors, at least ``log(delta) /
+    log(1 - risk)`` of the testing problems.
 
     Example:
         >>> rule = Abstention(risk=0.1, delta=0.1)

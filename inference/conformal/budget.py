@@ -61,7 +61,11 @@ class SampleBudget:
     down, the null "the chance that no sample drawn before stopping is
     acceptable exceeds ``epsilon``" is tested with the binomial tail p-value
     of the misses among calibration problems, by fixed-sequence testing at
-    level ``delta``; the smallest rejected value is kept.
+    level ``delta`` (or another ``procedure`` of ``inference.conformal.ltt``;
+    every problem counts towards every value and the miss rate falls as the
+    budget grows, so the walk from ``max_samples`` down is already in the
+    best order, and splitting off problems to choose one only costs data:
+    ``bench/README.md``); the smallest rejected value is kept.
 
     Guarantee: if calibration and new problems are exchangeable and sampled
     the same way, then with probability at least ``1 - delta`` over the
@@ -69,9 +73,12 @@ class SampleBudget:
     contain no acceptable answer is at most ``epsilon``. That counts the
     answers found, not a single final answer (combine with ``AnswerSets`` or
     ``Abstention`` to pick). Samples must be exchangeable draws in the
-    order given, as the particles of importance sampling are; SMC particles
-    are not. If even ``max_samples`` misses too often, no budget is
-    certified (``feasible`` is False) and the rule draws ``max_samples``.
+    order given: the particles of importance sampling (``unit="particle"``)
+    or the MAP answers of independent runs of any engine (``unit="run"``,
+    posteriors pooled by ``ppl.run``); SMC particles are refused, since
+    resampling couples them, but independent SMC runs are draws. If even
+    ``max_samples`` misses too often, no budget is certified (``feasible``
+    is False) and the rule draws ``max_samples``.
     ``samples_saved`` is the expected fraction of ``max_samples`` not drawn.
 
     Example:
