@@ -114,6 +114,15 @@ def test_calibrate_stopping_over_runs_and_apply_it(tmp_path):
     posterior = load_runs(calibration)[0].posterior
     decision = rule.predict(posterior)
     assert decision.details["samples drawn"] <= 4 and "4 runs" in decision.guarantee
+    applied = run_dataset(
+        tmp_path / "applied", dataset, "--runs", 4, "--calibration", out, "--json"
+    )
+    summary = json.loads(applied.output)["calibration"]
+    rows = rundir.read_result(tmp_path / "applied")["problems"]
+    assert summary["method"] == "stopping" and summary["problems"] == 30
+    assert summary["mean_samples"] == pytest.approx(
+        np.mean([r["calibration"]["drawn"] for r in rows])
+    )
 
 
 def test_run_with_calibration_reports_the_set_and_guarantee(runs, tmp_path):
