@@ -337,6 +337,19 @@ def test_new_calibrations_round_trip(smc_data, tmp_path, calibration):
         assert json.dumps(loaded.predict(example.posterior).to_dict()) == before
 
 
+def test_calibration_files_from_before_the_procedures_still_load(smc_data):
+    rule = Abstention(0.4, procedure="fixed-sequence").calibrate(smc_data)
+    old = {k: v for k, v in rule.to_dict().items() if k not in ("split", "seed", "num_testing")}
+    old["testing"] = old.pop("procedure")
+    loaded = Abstention.from_dict(old)
+    assert loaded.procedure == "fixed-sequence" and loaded.starts == 4
+    assert loaded.threshold == rule.threshold
+    budget = SampleBudget(0.3, unit="run").calibrate(smc_data).to_dict()
+    for key in ("unit", "procedure", "split", "seed", "num_testing"):
+        budget.pop(key)
+    assert SampleBudget.from_dict(budget).unit == "particle"
+
+
 def test_bad_decision_options_are_refused():
     with pytest.raises(InvalidArgumentError, match="procedure"):
         Abstention(0.1, procedure="holm")

@@ -300,6 +300,8 @@ class Abstention:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Abstention:
         confidence = data["confidence"]
+        # Files written before the procedures were named hold "testing" instead.
+        procedure = data.get("procedure", data.get("testing"))
         if isinstance(confidence, dict):
             confidence = CalibratedScore.from_dict(confidence["calibrated"])
         rule = cls(
@@ -307,12 +309,12 @@ class Abstention:
             data["delta"],
             confidence=confidence,
             thresholds=data["thresholds"],
-            procedure=data["procedure"],
-            starts=data["starts"] if data["procedure"] == "fixed-sequence" else None,
-            split=data["split"],
-            seed=data["seed"],
+            procedure=procedure,
+            starts=data["starts"] if procedure == "fixed-sequence" else None,
+            split=data.get("split", 0.2),
+            seed=data.get("seed", 0),
         )
-        rule.num_testing = int(data["num_testing"])
+        rule.num_testing = int(data.get("num_testing", data["num_calibration"]))
         rule.threshold = float(data["threshold"])
         rule.pvalues = np.asarray(data["pvalues"], dtype=float)
         rule.num_calibration = int(data["num_calibration"])

@@ -318,12 +318,13 @@ class SampleBudget:
             data["delta"],
             rule=data["rule"],
             max_samples=data["max_samples"],
-            unit=data["unit"],
-            procedure=data["procedure"],
-            split=data["split"],
-            seed=data["seed"],
+            # Files written before units and procedures existed used their defaults.
+            unit=data.get("unit", "particle"),
+            procedure=data.get("procedure", "fixed-sequence"),
+            split=data.get("split", 0.2),
+            seed=data.get("seed", 0),
         )
-        budget.num_testing = int(data["num_testing"])
+        budget.num_testing = int(data.get("num_testing", data["num_calibration"]))
         budget.parameter = int(data["parameter"])
         budget.feasible = bool(data["feasible"])
         budget.pvalues = np.asarray(data["pvalues"], dtype=float)
