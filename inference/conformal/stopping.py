@@ -142,14 +142,14 @@ class StoppingRule:
         """Calibrate on ``(problems, samples)`` answer ids (-1: none) and their rightness."""
         answers, acceptable = check_draws(answers, acceptable, self.max_samples)
         self.max_samples = answers.shape[1]
-        used, losses = self.play(answers, acceptable, self.thresholds)
+        _, losses = self.play(answers, acceptable, self.thresholds)
         certified = learn_then_test(
             losses, None, self.epsilon, self.delta, self.procedure, split=self.split,
             seed=self.seed,
         )  # fmt: skip
-        # With no certified threshold, the rule draws every sample (the first candidate, inf).
-        chosen = max(certified.index, 0)
-        self.threshold = math.inf if certified.index < 0 else float(self.thresholds[chosen])
+        # With no certified threshold, the rule never stops early: it draws every sample.
+        index = certified.index
+        self.threshold = float(self.thresholds[index]) if index >= 0 else math.inf
         self.pvalues, self.num_testing = certified.pvalues, certified.num_testing
         self.num_calibration = len(answers)
         stop, lost = self.play(answers, acceptable, np.array([self.threshold]))
