@@ -2,8 +2,9 @@
 
 Pools the problems of the given ``ppl run --dataset`` directories, then for
 each of ``--splits`` random splits calibrates on ``--calibration`` problems
-and measures coverage (answer sets), answer rate and risk (abstention) and
-miss rate and samples drawn (budget) on the rest; prints the means. One
+and measures coverage (answer sets), answer rate and risk (abstention, for
+several Learn-then-Test procedures), miss rate and samples drawn (budget)
+and accuracy and samples drawn (stopping rule) on the rest; prints the means. One
 held-out split is noisy with few problems; the mean over splits estimates
 the expected coverage the guarantee is about. See ``bench/README.md``.
 
@@ -17,7 +18,14 @@ import math
 import click
 import numpy as np
 
-from inference.conformal import Abstention, AnswerSets, CalibrationData, SampleBudget, load_runs
+from inference.conformal import (
+    Abstention,
+    AnswerSets,
+    CalibrationData,
+    SampleBudget,
+    StoppingRule,
+    load_runs,
+)
 
 
 @click.command()
@@ -48,22 +56,27 @@ def main(directories: tuple[str, ...], calibration: int, splits: int) -> None:
                 f"alpha {alpha:.1f} {score}      {coverage.mean():.3f}  ({coverage.std():.3f})  "
                 f"{size.mean():9.2f}  {empty.mean():.3f}  {np.isinf(threshold).mean():.2f}"
             )
-    click.echo("\nabstention (delta 0.1)  answer rate  risk among answered  held-out risk > target")
-    for risk in (0.4, 0.5, 0.6):
-        rates, risks = [], []
-        for split in range(splits):
-            cal, test = data.split(calibration, seed=split)
-            result = Abstention(risk, 0.1).calibrate(cal).evaluate(test)
-            rates.append(result.answer_rate)
-            risks.append(result.risk)
-        answered = [r for r in risks if not math.isnan(r)]
-        # The guarantee is over calibration draws: a split that answers nothing cannot fail.
-        failed = np.mean([not math.isnan(r) and r > risk for r in risks])
-        click.echo(
-            f"risk {risk:.1f}                {np.mean(rates):.3f}        "
-            + (f"{np.mean(answered):.3f}" if answered else "  n/a")
-            + f"                {failed:.3f}"
-        )
+    click.echo(
+        "\nabstention (delta 0.1)          answer rate  risk among answered  held-out risk > target"
+    )
+    for procedure, starts in (("split-start", None), ("fixed-sequence", 4), ("pareto", None)):
+        for risk in (0.3, 0.4, 0.5, 0.6):
+            rates, risks = [], []
+            for split in range(splits):
+                cal, test = data.split(calibration, seed=split)
+                rule = Abstention(risk, 0.1, procedure=procedure, starts=starts, seed=split)
+                result = rule.calibrate(cal).evaluate(test)
+                rates.append(result.answer_rate)
+                risks.append(result.risk)
+            answered = [r for r in risks if not math.isnan(r)]
+            # The guarantee is over calibration draws: a split that answers nothing cannot fail.
+            failed = np.mean([not math.isnan(r) and r > risk for r in risks])
+            name = procedure if starts is None else f"{procedure} x{starts}"
+            click.echo(
+                f"{name:18} risk {risk:.1f}   {np.mean(rates):.3f}        "
+                + (f"{np.mean(answered):.3f}" if answered else "  n/a")
+                + f"                {failed:.3f}"
+            )
     click.echo("\nbudget (delta 0.1)      miss rate  samples drawn  saved")
     for rule in ("fixed", "agreement"):
         for epsilon in (0.15, 0.25):
@@ -77,6 +90,20 @@ def main(directories: tuple[str, ...], calibration: int, splits: int) -> None:
                 f"{rule:9} eps {epsilon:.2f}      {miss.mean():.3f}      {drawn.mean():9.2f}  "
                 f"{saved.mean():.3f}"
             )
+    click.echo("\nstopping (delta 0.1)   accuracy  full accuracy  samples drawn  saved")
+    for epsilon in (0.05, 0.1, 0.2):
+        rows = []
+        for split in range(splits):
+            cal, test = data.split(calibration, seed=split)
+            result = StoppingRule(epsilon, 0.1, seed=split).calibrate(cal).evaluate(test)
+            rows.append(
+                (result.accuracy, result.full_accuracy, result.mean_samples, result.samples_saved)
+            )
+        accuracy, full, drawn, saved = np.array(rows).T
+        click.echo(
+            f"eps {epsilon:.2f}               {accuracy.mean():.3f}     {full.mean():.3f}"
+            f"          {drawn.mean():9.2f}  {saved.mean():.3f}"
+        )
 
 
 if __name__ == "__main__":

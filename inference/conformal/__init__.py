@@ -15,6 +15,16 @@ states what it guarantees on new problems drawn the same way:
 - ``SampleBudget(epsilon, delta)``: a number of samples or an agreement
   stopping rule; with probability >= 1 - delta, the samples drawn miss every
   acceptable answer with probability <= epsilon.
+- ``StoppingRule(epsilon, delta)``: self-consistency that stops once the
+  leading answer is sure enough; with probability >= 1 - delta, the early
+  answer is wrong while the full budget's is right with probability <=
+  epsilon.
+
+Budgets and stopping rules see a posterior's draws in order: the particles
+of importance sampling, or (``unit="run"``) the MAP answers of independent
+runs of any engine, such as SMC runs pooled by ``ppl.run``. Answer sets and
+abstention need no such care: they treat each problem's posterior, from any
+engine, as one exchangeable observation.
 
 Calibration data comes from ``(posterior, expected)`` pairs
 (``from_posteriors``), ``ppl run --dataset`` directories
@@ -49,13 +59,15 @@ from inference.conformal.data import (
     from_posteriors,
 )
 from inference.conformal.decision import Decision
-from inference.conformal.ltt import binomial_pvalues, select
+from inference.conformal.ltt import PROCEDURES, Certified, binomial_pvalues, learn_then_test, select
+from inference.conformal.stopping import StoppingEvaluation, StoppingRule
+from inference.conformal.units import draws
 from ppl.errors import CalibrationError
 
 FORMAT_VERSION = 1
 KIND = "pplscale-calibration"
-Calibration = AnswerSets | Abstention | SampleBudget
-METHODS = {cls.method: cls for cls in (AnswerSets, Abstention, SampleBudget)}
+Calibration = AnswerSets | Abstention | SampleBudget | StoppingRule
+METHODS = {cls.method: cls for cls in (AnswerSets, Abstention, SampleBudget, StoppingRule)}
 
 
 def save_calibration(calibration: Calibration, path: str | Path, **provenance) -> None:
@@ -103,19 +115,25 @@ __all__ = [
     "AnswerSets",
     "BudgetEvaluation",
     "Calibration",
+    "Certified",
     "CalibrationData",
     "CalibrationError",
     "CalibrationExample",
     "CalibratedScore",
     "Decision",
+    "PROCEDURES",
     "SampleBudget",
     "ScoreCalibration",
     "SetEvaluation",
+    "StoppingEvaluation",
+    "StoppingRule",
     "answers_match",
     "binomial_pvalues",
     "calibration_example",
     "confidence_of",
+    "draws",
     "fit_score_calibration",
+    "learn_then_test",
     "from_posteriors",
     "load_calibration",
     "save_calibration",

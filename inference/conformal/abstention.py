@@ -12,13 +12,19 @@ from inference.conformal.answer_sets import _as_data
 from inference.conformal.bayes import CalibratedScore
 from inference.conformal.data import MAP_PROBABILITY, CalibrationData, Confidence, confidence_of
 from inference.conformal.decision import Decision
-from inference.conformal.ltt import binomial_pvalues, check_level, check_testing, select
+from inference.conformal.ltt import (
+    check_level,
+    check_procedure,
+    learn_then_test,
+    procedure_text,
+)
 from ppl.answers import answer_label
 from ppl.errors import CalibrationError, InvalidArgumentError
 from ppl.posterior import Posterior
 
 # Thresholds 1.00, 0.99, ..., 0.00: most conservative (answer least) first.
 DEFAULT_THRESHOLDS = tuple(round(1 - j / 100, 2) for j in range(101))
+DEFAULT_PROCEDURE = "split-start"
 # A MAP answer every particle agrees on sums to 1 only up to rounding.
 TOLERANCE = 1e-9
 
@@ -47,31 +53,41 @@ class Abstention:
     with the rule). A function must be fixed independently of the
     calibration problems: fit a score calibration on a disjoint split, or
     the guarantee below is void. For each candidate threshold
-    ``lambda`` (``thresholds``, tested from the highest down), the null
-    ``risk(lambda) > risk`` is tested with the binomial tail p-value of the
-    errors among the calibration problems answered at ``lambda``; given
-    which problems are answered, their errors are independent with
-    probability ``risk(lambda)``, so the p-value is valid.
-    Fixed-sequence testing from ``starts`` evenly spaced start points, each
-    at level ``delta / starts`` (or Bonferroni, ``testing="bonferroni"``),
-    keeps the chance of any false rejection below ``delta``, and the lowest
-    rejected threshold is chosen. ``starts=1`` is plain fixed-sequence
-    testing, the most powerful when the highest thresholds already answer
-    many calibration problems (vote shares, where unanimity is common);
-    the default of 4 start points (1.0, 0.75, 0.5, 0.25) keeps continuous
-    scores, which rarely reach 1, from stalling at the top.
+    ``lambda`` (``thresholds``, highest first), the null ``risk(lambda) >
+    risk`` is tested with the binomial tail p-value of the errors among the
+    calibration problems answered at ``lambda``; given which problems are
+    answered, their errors are independent with probability
+    ``risk(lambda)``, so the p-value is valid. A family-wise procedure
+    (``procedure``, see ``inference.conformal.ltt``) keeps the chance of any
+    false rejection below ``delta``, and the lowest rejected threshold is
+    chosen.
+
+    The default, ``"split-start"``, spends a random ``split`` (20%) of the
+    calibration problems on choosing where to start (the threshold of
+    smallest p-value there) and walks towards lower thresholds on the rest.
+    A walk from the top stalls when the highest thresholds answer few
+    problems, as continuous confidences do (no posterior mass reaches 1), and
+    the error rate grows as the threshold falls, so a walk in that direction
+    from a well-measured start loses least. On synthetic problems with 500
+    calibration problems it answered the most of every procedure on
+    continuous confidences (``bench/README.md``). ``"fixed-sequence"`` with
+    ``starts=1`` is best when unanimity is common (vote shares of a few
+    samples); ``"pareto"`` orders every threshold by its split p-value
+    (better when the error rate is not monotone in the threshold);
+    ``"fallback"`` and ``"bonferroni"`` use every problem for testing but
+    pay for each threshold tried. ``seed`` draws the split.
 
     Guarantee: if calibration and new problems are exchangeable, then with
     probability at least ``1 - delta`` over the calibration draw, the error
-    rate among the problems the rule answers is at most ``risk``. When no
+    rate among the problems the rule answers is at most ``risk``. This holds
+    for posteriors of any engine (SMC included): each problem's posterior
+    is one observation, and the particles need not be independent, as long
+    as calibration and new problems are run the same way. When no
     threshold passes (too few calibration problems, or errors even at the
     highest confidence), the rule abstains on everything (``threshold =
-    inf``), which satisfies the guarantee trivially. Each fixed-sequence walk
-    stops at the first threshold it cannot reject, and a threshold can only
-    be rejected when it answers, with no errors, at least
-    ``log(delta / starts) / log(1 - risk)`` calibration problems; several
-    start points keep a walk that begins above every confidence seen from
-    ending the search.
+    inf``), which satisfies the guarantee trivially. A threshold can only be
+    rejected when it answers, with no errors, at least ``log(delta) /
+    log(1 - risk)`` of the testing problems.
 
     Example:
         >>> rule = Abstention(risk=0.1, delta=0.1)
@@ -91,8 +107,10 @@ class Abstention:
         *,
         confidence: Confidence = MAP_PROBABILITY,
         thresholds=DEFAULT_THRESHOLDS,
-        testing: str = "fixed-sequence",
-        starts: int = 4,
+        procedure: str = DEFAULT_PROCEDURE,
+        starts: int | None = None,
+        split: float = 0.2,
+        seed: int = 0,
     ):
         self.risk = check_level("risk", risk)
         self.delta = check_level("delta", delta)
@@ -109,9 +127,14 @@ class Abstention:
             or (np.diff(self.thresholds) >= 0).any()
         ):
             raise InvalidArgumentError("thresholds must be a non-empty, strictly decreasing list")
-        check_testing(testing)
-        self.testing = testing
-        self.starts = starts
+        check_procedure(procedure)
+        if starts is not None and procedure != "fixed-sequence":
+            raise InvalidArgumentError("starts applies to procedure='fixed-sequence' only")
+        self.procedure = procedure
+        self.starts = (4 if starts is None else starts) if procedure == "fixed-sequence" else 1
+        self.split = split
+        self.seed = seed
+        self.num_testing = 0
         self.threshold: float | None = None
         self.pvalues = np.array([])
         self.num_calibration = 0
@@ -135,11 +158,16 @@ class Abstention:
         """
         confidence, correct = _check_arrays(confidence, correct)
         answered = confidence[:, None] + TOLERANCE >= self.thresholds[None, :]
-        trials = answered.sum(axis=0)
-        errors = (answered & ~correct[:, None]).sum(axis=0)
-        self.pvalues = binomial_pvalues(errors, trials, self.risk)
-        chosen = int(select(self.pvalues, self.delta, self.testing, starts=self.starts))
+        wrong = np.broadcast_to(~correct[:, None], answered.shape)
+        certified = learn_then_test(
+            wrong, answered, self.risk, self.delta, self.procedure,
+            starts=self.starts, split=self.split, seed=self.seed,
+        )  # fmt: skip
+        chosen = certified.index
+        self.pvalues, self.num_testing = certified.pvalues, certified.num_testing
         self.num_calibration = len(confidence)
+        trials = answered.sum(axis=0)
+        errors = (answered & wrong).sum(axis=0)
         if chosen < 0:
             self.threshold = math.inf
             self.answer_rate, self.calibration_risk = 0.0, math.nan
@@ -205,9 +233,7 @@ class Abstention:
         )
 
     def _procedure(self) -> str:
-        if self.testing == "bonferroni" or self.starts == 1:
-            return self.testing
-        return f"fixed-sequence from {self.starts} start points"
+        return procedure_text(self.procedure, self.starts, self.num_calibration, self.num_testing)
 
     # --- evaluation ----------------------------------------------------------
     def evaluate(self, data) -> AbstentionEvaluation:
@@ -258,8 +284,11 @@ class Abstention:
             "delta": self.delta,
             "confidence": confidence,
             "thresholds": self.thresholds.tolist(),
-            "testing": self.testing,
+            "procedure": self.procedure,
             "starts": self.starts,
+            "split": self.split,
+            "seed": self.seed,
+            "num_testing": self.num_testing,
             "threshold": self.threshold,
             "pvalues": self.pvalues.tolist(),
             "num_calibration": self.num_calibration,
@@ -271,6 +300,8 @@ class Abstention:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Abstention:
         confidence = data["confidence"]
+        # Files written before the procedures were named hold "testing" instead.
+        procedure = data.get("procedure", data.get("testing"))
         if isinstance(confidence, dict):
             confidence = CalibratedScore.from_dict(confidence["calibrated"])
         rule = cls(
@@ -278,9 +309,12 @@ class Abstention:
             data["delta"],
             confidence=confidence,
             thresholds=data["thresholds"],
-            testing=data["testing"],
-            starts=data["starts"],
+            procedure=procedure,
+            starts=data["starts"] if procedure == "fixed-sequence" else None,
+            split=data.get("split", 0.2),
+            seed=data.get("seed", 0),
         )
+        rule.num_testing = int(data.get("num_testing", data["num_calibration"]))
         rule.threshold = float(data["threshold"])
         rule.pvalues = np.asarray(data["pvalues"], dtype=float)
         rule.num_calibration = int(data["num_calibration"])

@@ -12,12 +12,28 @@ import numpy as np
 from inference.conformal.answer_sets import _as_data
 from inference.conformal.data import CalibrationData
 from inference.conformal.decision import Decision
-from inference.conformal.ltt import binomial_pvalues, check_level, select
+from inference.conformal.ltt import (
+    check_level,
+    check_procedure,
+    learn_then_test,
+    procedure_text,
+)
+from inference.conformal.units import (
+    answer_ids,
+    check_draws,
+    check_unit,
+    draws,
+    running_counts,
+)
 from ppl.answers import answer_label
 from ppl.errors import CalibrationError, InvalidArgumentError
 from ppl.posterior import Posterior
 
 RULES = ("fixed", "agreement")
+_UNIT_TEXT = {
+    "particle": "the particles must be independent draws in order, as in importance sampling",
+    "run": "each draw is an independent run's MAP answer",
+}
 
 
 @dataclass(frozen=True)
@@ -45,7 +61,11 @@ class SampleBudget:
     down, the null "the chance that no sample drawn before stopping is
     acceptable exceeds ``epsilon``" is tested with the binomial tail p-value
     of the misses among calibration problems, by fixed-sequence testing at
-    level ``delta``; the smallest rejected value is kept.
+    level ``delta`` (or another ``procedure`` of ``inference.conformal.ltt``;
+    every problem counts towards every value and the miss rate falls as the
+    budget grows, so the walk from ``max_samples`` down is already in the
+    best order, and splitting off problems to choose one only costs data:
+    ``bench/README.md``); the smallest rejected value is kept.
 
     Guarantee: if calibration and new problems are exchangeable and sampled
     the same way, then with probability at least ``1 - delta`` over the
@@ -53,9 +73,12 @@ class SampleBudget:
     contain no acceptable answer is at most ``epsilon``. That counts the
     answers found, not a single final answer (combine with ``AnswerSets`` or
     ``Abstention`` to pick). Samples must be exchangeable draws in the
-    order given, as the particles of importance sampling are; SMC particles
-    are not. If even ``max_samples`` misses too often, no budget is
-    certified (``feasible`` is False) and the rule draws ``max_samples``.
+    order given: the particles of importance sampling (``unit="particle"``)
+    or the MAP answers of independent runs of any engine (``unit="run"``,
+    posteriors pooled by ``ppl.run``); SMC particles are refused, since
+    resampling couples them, but independent SMC runs are draws. If even
+    ``max_samples`` misses too often, no budget is certified (``feasible``
+    is False) and the rule draws ``max_samples``.
     ``samples_saved`` is the expected fraction of ``max_samples`` not drawn.
 
     Example:
@@ -74,6 +97,10 @@ class SampleBudget:
         *,
         rule: str = "fixed",
         max_samples: int | None = None,
+        unit: str = "particle",
+        procedure: str = "fixed-sequence",
+        split: float = 0.2,
+        seed: int = 0,
     ):
         self.epsilon = check_level("epsilon", epsilon)
         self.delta = check_level("delta", delta)
@@ -85,6 +112,10 @@ class SampleBudget:
         ):
             raise InvalidArgumentError(f"max_samples must be a positive int, got {max_samples!r}")
         self.max_samples = max_samples
+        self.unit = check_unit(unit)
+        check_procedure(procedure)
+        self.procedure, self.split, self.seed = procedure, split, seed
+        self.num_testing = 0
         self.parameter: int | None = None
         self.feasible = False
         self.pvalues = np.array([])
@@ -101,7 +132,7 @@ class SampleBudget:
         """
         data = _as_data(data)
         if self.max_samples is None:
-            self.max_samples = min(e.posterior.num_particles for e in data)
+            self.max_samples = min(len(e.sample_outcomes(self.unit)[0]) for e in data)
         answers, acceptable = self._outcomes(data)
         return self.calibrate_arrays(answers, acceptable)
 
@@ -116,9 +147,12 @@ class SampleBudget:
             (1, 0.75)
         """
         answers, acceptable = self._check_arrays(answers, acceptable)
-        used, missed = self._play(answers, acceptable, self._candidates())
-        self.pvalues = binomial_pvalues(missed.sum(axis=0), len(answers), self.epsilon)
-        chosen = int(select(self.pvalues, self.delta))
+        used, missed = self.play(answers, acceptable, self._candidates())
+        certified = learn_then_test(
+            missed, None, self.epsilon, self.delta, self.procedure, split=self.split, seed=self.seed
+        )
+        chosen = certified.index
+        self.pvalues, self.num_testing = certified.pvalues, certified.num_testing
         self.feasible = chosen >= 0
         index = chosen if self.feasible else 0
         self.parameter = int(self._candidates()[index])
@@ -133,23 +167,20 @@ class SampleBudget:
         """How many of these samples (answer ids, -1 for none) the rule draws."""
         answers = np.asarray(answers).reshape(1, -1)
         self._require()
-        used, _ = self._play(answers, np.zeros(answers.shape, bool), np.array([self.parameter]))
+        used, _ = self.play(answers, np.zeros(answers.shape, bool), np.array([self.parameter]))
         return int(used[0, 0])
 
     def predict(self, posterior: Posterior, *, seed: int | None = None) -> Decision:
         """Where the rule stops on a run's particles, and the answers found. ``seed`` is unused."""
         self._require()
-        answers = [
-            a if lw > -math.inf else None
-            for a, lw in zip(posterior.answers, posterior.log_weights, strict=True)
-        ]
+        answers = draws(posterior, self.unit)
         notes = []
         if len(answers) < self.max_samples:
             notes.append(
-                f"the run has {len(answers)} particles, fewer than the {self.max_samples} "
+                f"the run has {len(answers)} {self.unit}s, fewer than the {self.max_samples} "
                 "calibrated; the guarantee does not cover it"
             )
-        ids = _ids([answers[: self.max_samples]])
+        ids = answer_ids([answers[: self.max_samples]])
         drawn = self.stop(ids[0]) if len(answers) else 0
         counts = Counter(a for a in answers[:drawn] if a is not None)
         found = [a for a, _ in counts.most_common()]
@@ -166,6 +197,7 @@ class SampleBudget:
             probabilities=tuple(counts[a] / drawn for a in found),
             details={
                 "rule": self.rule,
+                "unit": self.unit,
                 self._parameter_name(): self.parameter,
                 "max samples": self.max_samples,
                 "samples drawn": drawn,
@@ -190,9 +222,10 @@ class SampleBudget:
         return (
             f"with probability >= {1 - self.delta:.2f} over the calibration draw, the samples "
             f"drawn before stopping miss every acceptable answer with probability <= "
-            f"{self.epsilon:.2f} (Learn-then-Test, binomial tail, fixed-sequence over "
+            f"{self.epsilon:.2f} (Learn-then-Test, binomial tail, "
+            f"{procedure_text(self.procedure, 1, self.num_calibration, self.num_testing)} over "
             f"{self._parameter_name()}, {self.num_calibration} exchangeable calibration problems; "
-            "samples must be independent draws in particle order, as in importance sampling)"
+            f"{_UNIT_TEXT[self.unit]})"
         )
 
     # --- evaluation ----------------------------------------------------------
@@ -205,7 +238,7 @@ class SampleBudget:
         """``evaluate`` on raw arrays (see ``calibrate_arrays``)."""
         self._require()
         answers, acceptable = self._check_arrays(answers, acceptable)
-        used, missed = self._play(answers, acceptable, np.array([self.parameter]))
+        used, missed = self.play(answers, acceptable, np.array([self.parameter]))
         return BudgetEvaluation(
             num_problems=len(answers),
             miss_rate=float(missed.mean()),
@@ -220,15 +253,13 @@ class SampleBudget:
     def _parameter_name(self) -> str:
         return "samples" if self.rule == "fixed" else "agreeing samples"
 
-    def _play(self, answers, acceptable, parameters) -> tuple[np.ndarray, np.ndarray]:
+    def play(self, answers, acceptable, parameters) -> tuple[np.ndarray, np.ndarray]:
         """Samples drawn and whether all of them missed, per problem and parameter."""
         size = answers.shape[1]
         if self.rule == "fixed":
             used = np.broadcast_to(np.minimum(parameters, size), (len(answers), len(parameters)))
         else:
-            ids = _first_positions(answers)
-            same = (ids[:, :, None] == np.arange(size)) & (ids[:, :, None] >= 0)
-            leading = np.cumsum(same, axis=1).max(axis=2)
+            leading = running_counts(answers).max(axis=2)
             reached = leading[:, :, None] >= parameters[None, None, :]
             used = np.where(reached.any(axis=1), reached.argmax(axis=1) + 1, size)
         first_right = np.where(acceptable.any(axis=1), acceptable.argmax(axis=1), size)
@@ -237,31 +268,20 @@ class SampleBudget:
     def _outcomes(self, data: CalibrationData) -> tuple[np.ndarray, np.ndarray]:
         answers, acceptable = [], []
         for example in data:
-            values, right = example.sample_outcomes()
+            values, right = example.sample_outcomes(self.unit)
             if len(values) < self.max_samples:
                 raise CalibrationError(
-                    f"{example.source or 'a calibration run'} has {len(values)} particles; the "
-                    f"budget needs at least max_samples={self.max_samples} per run"
+                    f"{example.source or 'a calibration run'} has {len(values)} {self.unit}s; the "
+                    f"budget needs at least max_samples={self.max_samples} per problem"
                 )
             answers.append(values[: self.max_samples])
             acceptable.append(right[: self.max_samples])
-        return _ids(answers), np.array(acceptable, dtype=bool)
+        return answer_ids(answers), np.array(acceptable, dtype=bool)
 
     def _check_arrays(self, answers, acceptable) -> tuple[np.ndarray, np.ndarray]:
-        answers = np.asarray(answers)
-        acceptable = np.asarray(acceptable)
-        if answers.ndim != 2 or 0 in answers.shape or not np.issubdtype(answers.dtype, np.integer):
-            raise InvalidArgumentError("answers must be a non-empty (problems, samples) int array")
-        if acceptable.shape != answers.shape or acceptable.dtype != bool:
-            raise InvalidArgumentError(f"acceptable must be a bool array of shape {answers.shape}")
-        if self.max_samples is None:
-            self.max_samples = answers.shape[1]
-        if answers.shape[1] < self.max_samples:
-            raise InvalidArgumentError(
-                f"answers have {answers.shape[1]} samples per problem; max_samples is "
-                f"{self.max_samples}"
-            )
-        return answers[:, : self.max_samples], acceptable[:, : self.max_samples]
+        answers, acceptable = check_draws(answers, acceptable, self.max_samples)
+        self.max_samples = answers.shape[1]
+        return answers, acceptable
 
     def _require(self) -> None:
         if self.parameter is None:
@@ -275,9 +295,14 @@ class SampleBudget:
             "epsilon": self.epsilon,
             "delta": self.delta,
             "rule": self.rule,
+            "unit": self.unit,
             "max_samples": self.max_samples,
             "parameter": self.parameter,
             "feasible": self.feasible,
+            "procedure": self.procedure,
+            "split": self.split,
+            "seed": self.seed,
+            "num_testing": self.num_testing,
             "pvalues": self.pvalues.tolist(),
             "num_calibration": self.num_calibration,
             "calibration_miss_rate": self.calibration_miss_rate,
@@ -289,8 +314,17 @@ class SampleBudget:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SampleBudget:
         budget = cls(
-            data["epsilon"], data["delta"], rule=data["rule"], max_samples=data["max_samples"]
+            data["epsilon"],
+            data["delta"],
+            rule=data["rule"],
+            max_samples=data["max_samples"],
+            # Files written before units and procedures existed used their defaults.
+            unit=data.get("unit", "particle"),
+            procedure=data.get("procedure", "fixed-sequence"),
+            split=data.get("split", 0.2),
+            seed=data.get("seed", 0),
         )
+        budget.num_testing = int(data.get("num_testing", data["num_calibration"]))
         budget.parameter = int(data["parameter"])
         budget.feasible = bool(data["feasible"])
         budget.pvalues = np.asarray(data["pvalues"], dtype=float)
@@ -305,18 +339,3 @@ class SampleBudget:
             f"<SampleBudget epsilon={self.epsilon} delta={self.delta} rule={self.rule} "
             f"parameter={self.parameter}>"
         )
-
-
-def _ids(rows) -> np.ndarray:
-    """Answers (hashable, None for no answer) as ints per row: -1 for None, else first position."""
-    ids = []
-    for row in rows:
-        first: dict[Any, int] = {}
-        ids.append([-1 if a is None else first.setdefault(a, j) for j, a in enumerate(row)])
-    return np.array(ids, dtype=int).reshape(len(ids), -1)
-
-
-def _first_positions(answers: np.ndarray) -> np.ndarray:
-    """Int answer ids (-1 for none) renamed to the position of their first occurrence in the row."""
-    first = (answers[:, :, None] == answers[:, None, :]).argmax(axis=2)
-    return np.where(answers < 0, -1, first)

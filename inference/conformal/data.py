@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from inference.conformal.units import draws
 from ppl.answers import answers_match
 from ppl.errors import CalibrationError, InvalidArgumentError
 from ppl.posterior import Posterior, normalized_weights
@@ -98,16 +99,10 @@ class CalibrationExample:
         """Whether an acceptable answer has positive posterior mass."""
         return any(a in self.acceptable for a in self.probabilities)
 
-    def sample_outcomes(self) -> tuple[list[Any], list[bool]]:
-        """Each particle's answer, in order (None for zero weight), and whether it is right."""
-        answers, right = [], []
-        for answer, log_weight in zip(
-            self.posterior.answers, self.posterior.log_weights, strict=True
-        ):
-            alive = log_weight > -math.inf
-            answers.append(answer if alive else None)
-            right.append(alive and answer in self.acceptable)
-        return answers, right
+    def sample_outcomes(self, unit: str = "particle") -> tuple[list[Any], list[bool]]:
+        """The ordered draws (see ``draws``: particles or runs) and whether each is right."""
+        answers = draws(self.posterior, unit)
+        return answers, [a is not None and a in self.acceptable for a in answers]
 
 
 @dataclass(frozen=True)

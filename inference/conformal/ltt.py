@@ -7,21 +7,54 @@ so that, with probability at least ``1 - delta`` over the calibration draw,
 no true null is rejected. Every rejected parameter then has risk at most
 ``target``, so the least conservative rejected one is returned.
 
-Candidates are ordered from most to least conservative. Fixed-sequence
-testing walks that order at level ``delta`` and stops at the first null it
-cannot reject; with several start points, each walk runs at ``delta /
-starts`` (a union bound); Bonferroni tests each at ``delta / m`` and needs
-no order.
+Candidates are ordered from most to least conservative. The procedures:
+
+- ``"pareto"`` (Pareto testing, split then fixed sequence): a random
+  ``split`` of the calibration problems only orders the candidates, by their
+  p-values on it (most promising first); fixed-sequence testing at level
+  ``delta`` then walks that order on the other problems. The order is
+  independent of the p-values it is tested with, so the walk is valid, and
+  it starts where the risk is both low and well measured instead of at the
+  most conservative candidate, which may concern no problem at all.
+- ``"split-start"``: the split picks only a start point (the candidate of
+  smallest p-value on it); fixed-sequence testing walks from there towards
+  less conservative candidates on the other problems.
+- ``"fallback"``: the fallback procedure over the conservative-first order.
+  Candidate ``j`` is tested at ``delta / m`` plus the level of candidate
+  ``j - 1`` when that one was rejected, so a failure costs ``delta / m``
+  instead of ending the walk. Uses every problem for testing.
+- ``"fixed-sequence"``: the conservative-first walk at level ``delta``, which
+  stops at the first null it cannot reject; with ``starts > 1``, that many
+  walks from evenly spaced start points, each at ``delta / starts``.
+- ``"bonferroni"``: every candidate at ``delta / m``; needs no order.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
 
 from ppl.errors import InvalidArgumentError
 
-TESTING = ("fixed-sequence", "bonferroni")
+PROCEDURES = ("pareto", "split-start", "fallback", "fixed-sequence", "bonferroni")
+SPLIT_PROCEDURES = ("pareto", "split-start")
+
+
+@dataclass(frozen=True)
+class Certified:
+    """What Learn-then-Test certified: the chosen candidate (-1: none) and its evidence.
+
+    ``pvalues`` are those of the problems used for testing (all of them, or
+    the part not used to order the candidates); ``order`` is the order in
+    which fixed-sequence testing walked the candidates.
+    """
+
+    index: int
+    pvalues: np.ndarray
+    order: np.ndarray
+    num_testing: int
 
 
 def binomial_pvalues(losses, trials, target: float) -> np.ndarray:
@@ -43,32 +76,101 @@ def binomial_pvalues(losses, trials, target: float) -> np.ndarray:
     return np.where(trials > 0, p, 1.0)
 
 
+def learn_then_test(
+    losses,
+    counted,
+    target: float,
+    delta: float,
+    procedure: str = "pareto",
+    *,
+    starts: int = 1,
+    split: float = 0.3,
+    seed: int = 0,
+) -> Certified:
+    """Certify the least conservative candidate whose risk is at most ``target``.
+
+    ``losses[i, j]`` says whether problem ``i`` is a loss under candidate
+    ``j`` and ``counted[i, j]`` whether it counts towards candidate ``j``'s
+    risk at all (abstention: whether it is answered; ``None``: every problem
+    counts). Candidates are ordered from most to least conservative.
+    ``split`` is the fraction of problems that orders the candidates for the
+    split procedures; ``seed`` draws that split.
+
+    Example:
+        >>> losses = np.zeros((200, 3), dtype=bool)
+        >>> counted = np.ones((200, 3), dtype=bool)
+        >>> counted[:, 0] = False                  # nobody reaches the strictest candidate
+        >>> losses[:40, 2] = True                  # the last one errs on 20%
+        >>> learn_then_test(losses, counted, 0.1, 0.1, "fixed-sequence").index
+        -1
+        >>> learn_then_test(losses, counted, 0.1, 0.1, "pareto").index
+        1
+    """
+    losses = np.asarray(losses, dtype=bool)
+    counted = np.ones(losses.shape, dtype=bool) if counted is None else np.asarray(counted, bool)
+    check_procedure(procedure)
+    if procedure not in SPLIT_PROCEDURES:
+        pvalues = _pvalues(losses, counted, target)
+        index = int(select(pvalues, delta, procedure, starts=starts))
+        return Certified(index, pvalues, np.arange(losses.shape[1]), len(losses))
+    check_split(split, len(losses))
+    order = np.random.default_rng(seed).permutation(len(losses))
+    cut = min(max(round(split * len(losses)), 1), len(losses) - 1)
+    ordering, testing = order[:cut], order[cut:]
+    ordering_p = _pvalues(losses[ordering], counted[ordering], target)
+    pvalues = _pvalues(losses[testing], counted[testing], target)
+    walk = _walk_order(ordering_p, procedure)
+    passed = np.cumprod(pvalues[walk] <= delta).astype(bool)
+    index = int(walk[passed].max()) if passed.any() else -1
+    return Certified(index, pvalues, walk, len(testing))
+
+
+def _walk_order(ordering_p: np.ndarray, procedure: str) -> np.ndarray:
+    """The candidates in testing order, from p-values on the ordering split."""
+    size = len(ordering_p)
+    if procedure == "pareto":
+        # Smallest p-value first; ties go to the more conservative candidate.
+        return np.lexsort((np.arange(size), ordering_p))
+    return np.arange(int(np.argmin(ordering_p)), size)
+
+
+def _pvalues(losses: np.ndarray, counted: np.ndarray, target: float) -> np.ndarray:
+    return binomial_pvalues((losses & counted).sum(axis=0), counted.sum(axis=0), target)
+
+
 def select(
-    pvalues, delta: float, testing: str = "fixed-sequence", *, starts: int = 1
+    pvalues, delta: float, procedure: str = "fixed-sequence", *, starts: int = 1
 ) -> np.ndarray:
     """Index of the least conservative rejected candidate along the last axis, -1 if none.
 
-    ``pvalues[..., j]`` belongs to candidate ``j``, candidates ordered from
-    most to least conservative. ``starts > 1`` runs fixed-sequence testing
-    from that many evenly spaced start points, each at level ``delta /
-    starts``, and pools what they reject (a sequence that stalls where few
-    calibration problems are affected then does not block the others).
+    For the procedures that need no split (``"fixed-sequence"``,
+    ``"fallback"``, ``"bonferroni"``). ``pvalues[..., j]`` belongs to
+    candidate ``j``, candidates ordered from most to least conservative.
+    ``starts > 1`` runs fixed-sequence testing from that many evenly spaced
+    start points, each at level ``delta / starts``, and pools what they
+    reject.
 
     Example:
         >>> select([0.01, 0.02, 0.5, 0.01], delta=0.05).item()
         1
-        >>> select([0.01, 0.02, 0.5, 0.01], delta=0.05, testing="bonferroni").item()
+        >>> select([0.01, 0.02, 0.5, 0.01], delta=0.05, procedure="bonferroni").item()
         3
         >>> select([0.5, 0.01, 0.01, 0.5], delta=0.05, starts=2).item()
         2
+        >>> select([0.5, 0.01, 0.02, 0.5], delta=0.08, procedure="fallback").item()
+        2
     """
     pvalues = np.asarray(pvalues, dtype=float)
-    check_testing(testing)
+    check_procedure(procedure)
+    if procedure in SPLIT_PROCEDURES:
+        raise InvalidArgumentError(f"{procedure} needs the losses: call learn_then_test")
     size = pvalues.shape[-1]
     if isinstance(starts, bool) or not isinstance(starts, int) or not 1 <= starts <= size:
         raise InvalidArgumentError(f"starts must be an int from 1 to {size}, got {starts!r}")
-    if testing == "bonferroni":
+    if procedure == "bonferroni":
         rejected = pvalues <= delta / size
+    elif procedure == "fallback":
+        rejected = _fallback(pvalues, delta)
     else:
         rejected = np.zeros(pvalues.shape, dtype=bool)
         for start in np.linspace(0, size, starts, endpoint=False).astype(int):
@@ -78,9 +180,50 @@ def select(
     return np.where(rejected.any(axis=-1), last, -1)
 
 
-def check_testing(testing: str) -> None:
-    if testing not in TESTING:
-        raise InvalidArgumentError(f"testing must be one of {', '.join(TESTING)}, got {testing!r}")
+def _fallback(pvalues: np.ndarray, delta: float) -> np.ndarray:
+    """Rejections of the fallback procedure with equal weights ``1 / m``."""
+    size = pvalues.shape[-1]
+    rejected = np.zeros(pvalues.shape, dtype=bool)
+    level = np.zeros(pvalues.shape[:-1])
+    carried = np.zeros(pvalues.shape[:-1], dtype=bool)
+    for j in range(size):
+        # A rejected candidate passes its level on; a failed one only loses delta / m.
+        level = delta / size + np.where(carried, level, 0.0)
+        rejected[..., j] = carried = pvalues[..., j] <= level
+    return rejected
+
+
+def procedure_text(procedure: str, starts: int, num_calibration: int, num_testing: int) -> str:
+    """The procedure in words, for guarantees."""
+    if procedure == "pareto":
+        return (
+            f"Pareto testing: candidates ordered on {num_calibration - num_testing} problems, "
+            f"fixed-sequence on the other {num_testing}"
+        )
+    if procedure == "split-start":
+        return (
+            f"fixed-sequence on {num_testing} problems from a start point chosen on the other "
+            f"{num_calibration - num_testing}"
+        )
+    if procedure == "fixed-sequence" and starts > 1:
+        return f"fixed-sequence from {starts} start points"
+    return procedure
+
+
+def check_procedure(procedure: str) -> None:
+    if procedure not in PROCEDURES:
+        raise InvalidArgumentError(
+            f"procedure must be one of {', '.join(PROCEDURES)}, got {procedure!r}"
+        )
+
+
+def check_split(split: float, num_problems: int) -> None:
+    if isinstance(split, bool) or not isinstance(split, int | float) or not 0 < split < 1:
+        raise InvalidArgumentError(
+            f"split must be a fraction strictly between 0 and 1, got {split!r}"
+        )
+    if num_problems < 2:
+        raise InvalidArgumentError("a split procedure needs at least 2 calibration problems")
 
 
 def check_level(name: str, value: float) -> float:

@@ -6,6 +6,7 @@ Examples::
     ppl calibrate --runs runs/cal --method answer-sets --alpha 0.1 --out calib.json
     ppl calibrate --runs runs/cal --method abstention --alpha 0.2 --delta 0.1 --out abstain.json
     ppl calibrate --runs runs/cal --method budget --alpha 0.2 --rule agreement --out budget.json
+    ppl calibrate --runs runs/cal --method stopping --alpha 0.05 --out stop.json
     ppl run prog.py:solve --dataset heldout.jsonl --calibration calib.json --out runs/heldout
 """
 
@@ -19,17 +20,19 @@ from typing import Any
 import click
 
 from inference.conformal import (
+    PROCEDURES,
     Abstention,
     AnswerSets,
     Calibration,
     SampleBudget,
+    StoppingRule,
     save_calibration,
 )
 from ppl.cli.output import output_options
 from ppl.cli.report import rundir
 from ppl.cli.report.rundir import load_runs
 
-METHODS = ("answer-sets", "abstention", "budget")
+METHODS = ("answer-sets", "abstention", "budget", "stopping")
 
 
 @click.command("calibrate")
@@ -46,7 +49,8 @@ METHODS = ("answer-sets", "abstention", "budget")
     default="answer-sets",
     show_default=True,
     help="answer-sets: conformal sets; abstention: answer above a Learn-then-Test "
-    "threshold; budget: how many samples to draw.",
+    "threshold; budget: how many samples to draw; stopping: self-consistency that stops "
+    "once the leading answer is sure enough.",
 )
 @click.option(
     "--alpha",
@@ -54,14 +58,28 @@ METHODS = ("answer-sets", "abstention", "budget")
     default=0.1,
     show_default=True,
     help="answer-sets: miscoverage; abstention: target error rate among answered; "
-    "budget: target miss rate.",
+    "budget: target miss rate; stopping: allowed accuracy loss against the full budget.",
 )
 @click.option(
     "--delta",
     type=float,
     default=0.1,
     show_default=True,
-    help="abstention and budget: allowed chance that the calibration draw fails the target.",
+    help="abstention, budget, stopping: allowed chance that the calibration draw fails the target.",
+)
+@click.option(
+    "--procedure",
+    type=click.Choice(PROCEDURES),
+    help="abstention, budget, stopping: the Learn-then-Test procedure. [default: "
+    "split-start for abstention, fixed-sequence for budget and stopping]",
+)
+@click.option(
+    "--unit",
+    type=click.Choice(["particle", "run"]),
+    default="particle",
+    show_default=True,
+    help="budget, stopping: a draw is a particle (importance sampling) or an independent "
+    "run's MAP answer (ppl run --runs K, any engine, e.g. smc).",
 )
 @click.option(
     "--score",
@@ -86,7 +104,7 @@ METHODS = ("answer-sets", "abstention", "budget")
 @click.option(
     "--max-samples",
     type=click.IntRange(min=1),
-    help="budget: samples available per problem. [default: the fewest particles of a run]",
+    help="budget, stopping: draws available per problem. [default: the fewest of a run]",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="answer-sets: seed.")
 @click.option(
@@ -109,6 +127,8 @@ def calibrate(
     delta: float,
     score: str,
     confidence: str,
+    procedure: str | None,
+    unit: str,
     rule: str,
     max_samples: int | None,
     seed: int,
@@ -125,12 +145,17 @@ def calibrate(
     """
     data = load_runs(runs_dir)
     calibration: Calibration
+    testing = {"procedure": procedure} if procedure else {}
     if method == "answer-sets":
         calibration = AnswerSets(alpha, score=score, seed=seed)
     elif method == "abstention":
-        calibration = Abstention(alpha, delta, confidence=confidence)
+        calibration = Abstention(alpha, delta, confidence=confidence, **testing)
+    elif method == "budget":
+        calibration = SampleBudget(
+            alpha, delta, rule=rule, max_samples=max_samples, unit=unit, **testing
+        )
     else:
-        calibration = SampleBudget(alpha, delta, rule=rule, max_samples=max_samples)
+        calibration = StoppingRule(alpha, delta, max_samples=max_samples, unit=unit, **testing)
     calibration.calibrate(data)
     result = _save(calibration, method, data, runs_dir, out, output)
     if evaluate_dir is not None:
@@ -235,14 +260,29 @@ def _facts(calibration: Calibration) -> dict[str, Any]:
             "risk": calibration.risk,
             "delta": calibration.delta,
             "confidence": calibration.confidence,
+            "procedure": calibration.procedure,
             "threshold": calibration.threshold,
             "answer_rate": calibration.answer_rate,
             "calibration_risk": calibration.calibration_risk,
+        }
+    if isinstance(calibration, StoppingRule):
+        return {
+            "epsilon": calibration.epsilon,
+            "delta": calibration.delta,
+            "unit": calibration.unit,
+            "procedure": calibration.procedure,
+            "threshold": calibration.threshold,
+            "max_samples": calibration.max_samples,
+            "calibration_loss_rate": calibration.loss_rate,
+            "mean_samples": calibration.mean_samples,
+            "samples_saved": calibration.samples_saved,
         }
     return {
         "epsilon": calibration.epsilon,
         "delta": calibration.delta,
         "rule": calibration.rule,
+        "unit": calibration.unit,
+        "procedure": calibration.procedure,
         "parameter": calibration.parameter,
         "feasible": calibration.feasible,
         "max_samples": calibration.max_samples,

@@ -81,6 +81,9 @@ def test_calibrate_answer_sets_and_evaluate(runs, tmp_path):
     [
         ("abstention", ["--alpha", 0.4, "--delta", 0.2], "threshold"),
         ("budget", ["--alpha", 0.3, "--rule", "agreement"], "parameter"),
+        ("abstention", ["--alpha", 0.4, "--procedure", "fixed-sequence"], "threshold"),
+        ("budget", ["--alpha", 0.3, "--procedure", "split-start"], "parameter"),
+        ("stopping", ["--alpha", 0.1], "threshold"),
     ],
 )
 def test_calibrate_other_methods(runs, tmp_path, method, options, fact):
@@ -89,7 +92,38 @@ def test_calibrate_other_methods(runs, tmp_path, method, options, fact):
     result = invoke("calibrate", "--runs", calibration, "--method", method, *options, "--out", out)
     assert result.exit_code == 0, result.output
     assert f"{fact}:" in result.output and "guarantee:" in result.output
-    assert load_calibration(out).method == method
+    loaded = load_calibration(out)
+    assert loaded.method == method
+    if "--procedure" in options:
+        assert loaded.procedure == options[options.index("--procedure") + 1]
+        assert f"procedure: {loaded.procedure}" in result.output
+
+
+def test_calibrate_stopping_over_runs_and_apply_it(tmp_path):
+    dataset = write_dataset(tmp_path / "cal.jsonl", 30, seed=2)
+    calibration = tmp_path / "cal"
+    run_dataset(calibration, dataset, "--runs", 4)
+    out = tmp_path / "stop.json"
+    result = invoke(
+        "calibrate", "--runs", calibration, "--method", "stopping", "--unit", "run",
+        "--alpha", 0.2, "--out", out, "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)["calibration"]
+    assert report["unit"] == "run" and report["max_samples"] == 4
+    rule = load_calibration(out)
+    posterior = load_runs(calibration)[0].posterior
+    decision = rule.predict(posterior)
+    assert decision.details["samples drawn"] <= 4 and "4 runs" in decision.guarantee
+    applied = run_dataset(
+        tmp_path / "applied", dataset, "--runs", 4, "--calibration", out, "--json"
+    )
+    summary = json.loads(applied.output)["calibration"]
+    rows = rundir.read_result(tmp_path / "applied")["problems"]
+    assert summary["method"] == "stopping" and summary["problems"] == 30
+    assert summary["mean_samples"] == pytest.approx(
+        np.mean([r["calibration"]["drawn"] for r in rows])
+    )
 
 
 def test_run_with_calibration_reports_the_set_and_guarantee(runs, tmp_path):
@@ -137,7 +171,7 @@ def test_dataset_run_with_calibration_reports_coverage(runs, tmp_path):
     abstain = tmp_path / "abstain.json"
     invoke(
         "calibrate", "--runs", calibration, "--method", "abstention", "--alpha", 0.7,
-        "--delta", 0.2, "--out", abstain, "-q",
+        "--delta", 0.2, "--procedure", "fixed-sequence", "--out", abstain, "-q",
     )  # fmt: skip
     again = json.loads(
         run_dataset(out, root / "heldout.jsonl", "--calibration", abstain, "--json").output
