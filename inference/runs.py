@@ -7,22 +7,7 @@ from collections.abc import Callable
 import numpy as np
 
 from inference.population import check_positive_int
-from ppl.errors import InvalidArgumentError
 from ppl.posterior import Posterior
-
-
-def _methods() -> dict[str, Callable]:
-    from inference.importance import importance
-    from inference.mcmc import mh, parallel_tempering, particle_gibbs
-    from inference.smc import smc
-
-    return {
-        "importance": importance,
-        "mh": mh,
-        "parallel_tempering": parallel_tempering,
-        "particle_gibbs": particle_gibbs,
-        "smc": smc,
-    }
 
 
 def run(
@@ -46,12 +31,9 @@ def run(
     """
     num_runs = check_positive_int("num_runs", num_runs)
     if isinstance(method, str):
-        methods = _methods()
-        if method not in methods:
-            raise InvalidArgumentError(
-                f"unknown method {method!r}; choose one of {sorted(methods)}"
-            )
-        method = methods[method]
+        from inference.registry import get_engine  # the registry imports every engine
+
+        method = get_engine(method).fn
     seeds = np.random.SeedSequence(seed).spawn(num_runs)
     posteriors = [
         method(program, *args, seed=int(s.generate_state(1, np.uint64)[0]), **kwargs) for s in seeds
