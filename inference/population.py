@@ -32,13 +32,15 @@ mean weight is added to it, as for a draw made after resampling.)
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.special import logsumexp
 
 from inference.resampling import Resampler
-from inference.runtime import Particle, Runtime
+from inference.runtime import Particle, Runtime, Scheduler
 from ppl.errors import InvalidArgumentError
 from ppl.handlers import PendingChoice
 from ppl.posterior import Posterior, Round, effective_sample_size, normalized_weights
@@ -95,6 +97,10 @@ class Population:
     def run(self) -> Posterior:
         self.init()
         self.runtime.drive(self)
+        return self.finish()
+
+    def finish(self) -> Posterior:
+        """The posterior, once every particle has stopped."""
         self._take_decisions()
         info = {}
         if self.resampler is not None:
@@ -238,3 +244,77 @@ def run_population(
         rejuvenate=rejuvenate,
     )
     return population.run()
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One program call to run: ``program(*args, **kwargs)`` with its own seed."""
+
+    program: Callable
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    seed: int | None = None
+
+
+def run_problems(
+    method: str,
+    problems: Sequence[Problem],
+    *,
+    num_particles: int,
+    max_rows: int = 64,
+    resample: str = "systematic",
+    ess_threshold: float = 0.5,
+) -> list[Posterior]:
+    """Run importance sampling or SMC on many problems whose particles share one running batch.
+
+    Problems are admitted while their particles fit in ``max_rows`` rows (at
+    least one at a time); when a problem ends, the next one takes its rows.
+    Each keeps its own streams, barriers and weights, so its posterior is the
+    one ``ppl.importance`` / ``ppl.smc`` give it alone with the same seed; only
+    the cost differs (shared backends count the whole batch's prefill and
+    calls, wall time runs from the problem's admission).
+
+    Example:
+        >>> problems = [Problem(solve, (lm, q), seed=k) for k, q in enumerate(questions)]
+        >>> posts = run_problems("smc", problems, num_particles=16)  # doctest: +SKIP
+    """
+    from inference.resampling import get_resampler
+
+    if method not in ("importance", "smc"):
+        raise InvalidArgumentError(f"run_problems runs 'importance' or 'smc', got {method!r}")
+    num_particles = check_positive_int("num_particles", num_particles)
+    max_rows = check_positive_int("max_rows", max_rows)
+    if not 0.0 <= ess_threshold <= 1.0:
+        raise InvalidArgumentError(f"ess_threshold must be in [0, 1], got {ess_threshold!r}")
+    resampler = get_resampler(resample) if method == "smc" else None
+    scheduler = Scheduler()
+    waiting = deque(enumerate(problems))
+    results: list[Posterior | None] = [None] * len(problems)
+    index_of: dict[int, int] = {}
+
+    def admit() -> list[tuple[Runtime, Population]]:
+        runs = []
+        # Admit while the rows allow; an empty batch takes a problem whatever its size.
+        while waiting and (not index_of or (len(index_of) + 1) * num_particles <= max_rows):
+            k, problem = waiting.popleft()
+            runtime = Runtime(
+                problem.program,
+                problem.args,
+                problem.kwargs,
+                seed=problem.seed,
+                method=method,
+                scheduler=scheduler,
+            )
+            population = Population(
+                runtime, num_particles, resampler=resampler, ess_threshold=ess_threshold
+            )
+            population.init()
+            index_of[id(population)] = k
+            runs.append((runtime, population))
+        return runs
+
+    def finished(runtime: Runtime, population: Population) -> None:
+        results[index_of.pop(id(population))] = population.finish()
+
+    scheduler.drive([], admit=admit, finished=finished)
+    return results

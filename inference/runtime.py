@@ -388,8 +388,11 @@ class Scheduler:
                             active.remove(run)
                             finished(*run)
                 busy = [(key, backend) for key, backend in self.slots.items() if backend.busy]
-                if not busy and not any(moved) and not (admit is not None and active):
-                    return
+                if not busy and not any(moved):
+                    more = admit() if admit is not None else []
+                    if not more:
+                        return
+                    active += more
                 for key, backend in busy:
                     self._dispatch(key, backend)
         except BaseException:
