@@ -25,6 +25,7 @@ from transformers import DynamicCache
 
 import models
 import ppl
+from inference.population import Problem, run_problems
 from models.token_lm import sample_categorical
 
 PROMPT = "Write a short story about a fox who finds a key.\n\nOnce upon a time"
@@ -80,6 +81,8 @@ def engine_run(lm, method: str, num_particles: int, num_steps: int, step_tokens:
 @click.option("--steps", default=6, show_default=True, help="Steps (sentences) per program.")
 @click.option("--step-tokens", default=32, show_default=True, help="Token limit per step.")
 @click.option("--repeats", default=3, show_default=True, help="Runs per N; medians shown.")
+@click.option("--problems", default=16, show_default=True, help="Problems packed in one batch.")
+@click.option("--rows", default=64, show_default=True, help="Rows of the packed batch.")
 @click.option("--threads", default=0, help="torch threads (0: torch's default).")
 @click.option(
     "--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True
@@ -90,6 +93,8 @@ def main(
     steps: int,
     step_tokens: int,
     repeats: int,
+    problems: int,
+    rows: int,
     threads: int,
     dtype: str,
 ):
@@ -103,6 +108,8 @@ def main(
     )
     # Ragged steps end at a sentence end, so particles reach the end of a step
     # at different passes; fixed steps all run to the token limit.
+    if problems:
+        packed(lm, prompt_ids, problems, rows, steps, step_tokens)
     for label, stop in (("ragged steps (stop at '.' or newline)", (".", "\n")), ("fixed", ())):
         click.echo(f"\n{label}")
         click.echo(
@@ -119,6 +126,32 @@ def main(
                     f"{row['raw']:>10.1f} {row['ratio']:>6.2f} {row['idle']:>9.1%} "
                     f"{row['passes']:>12.2f} {row['resampled']:>9.0f}"
                 )
+
+
+def packed(lm, prompt_ids, num_problems: int, rows: int, steps: int, step_tokens: int) -> None:
+    """SMC on many problems packed into one running batch of ``rows`` rows, against raw decode."""
+    num_particles = 16
+    problems = [
+        Problem(story, (lm, PROMPT, steps, step_tokens), seed=k) for k in range(num_problems)
+    ]
+    before = lm.stats.snapshot()
+    lm._running_batch().reset()
+    started = time.perf_counter()
+    run_problems("smc", problems, num_particles=num_particles, max_rows=rows)
+    seconds = time.perf_counter() - started
+    after = lm.stats.snapshot()
+    generated = after["tokens_generated"] - before["tokens_generated"]
+    idle = (after["idle_rows"] - before["idle_rows"]) / max(
+        1, after["decode_rows"] - before["decode_rows"]
+    )
+    tokens_per_row = max(1, round(generated / rows))
+    raw_seconds = raw_decode(lm, prompt_ids, rows, tokens_per_row, seed=0)
+    rate, raw_rate = generated / seconds, rows * tokens_per_row / raw_seconds
+    click.echo(
+        f"\npacked: {num_problems} problems x {num_particles} particles (SMC) in {rows} rows, "
+        f"ragged steps\n{generated} tokens, {rate:.1f} tok/s, raw {raw_rate:.1f} tok/s at "
+        f"{rows} rows x {tokens_per_row} tokens, ratio {rate / raw_rate:.2f}, idle rows {idle:.1%}"
+    )
 
 
 def measure(lm, method, prompt_ids, num_particles, steps, step_tokens, stop, repeats) -> dict:

@@ -93,6 +93,7 @@ class Population:
         self.resampled = False
         self.speculative_choices = 0  # choices started before the previous round's decision
         self.discarded_choices = 0  # of those, dropped with a particle resampled away
+        self._cursor = 0  # see _round_complete
 
     def run(self) -> Posterior:
         self.init()
@@ -136,9 +137,14 @@ class Population:
             self.step(self.resolved + 1)
 
     def _round_complete(self, t: int) -> bool:
-        if t > 0 and not any(p.reported >= t for p in self.particles):
-            return False  # nobody made a t-th choice: the run is over
-        return all(p.reported >= t or (p.stopped and p.settled) for p in self.particles)
+        # particles[:cursor] have reached round t (reaching is permanent within a
+        # round), so each particle is checked about once per round, not once per report.
+        while self._cursor < len(self.particles) and _reached(self.particles[self._cursor], t):
+            self._cursor += 1
+        if self._cursor < len(self.particles):
+            return False
+        # A round nobody made a choice in does not exist: the run is over.
+        return t == 0 or any(p.reported >= t for p in self.particles)
 
     def step(self, t: int) -> None:
         """Record round ``t`` and resample if its ESS is below the threshold."""
@@ -160,7 +166,7 @@ class Population:
                 and ess > 0
             ):
                 self._resample(t, weights)
-        self.resolved = t
+        self.resolved, self._cursor = t, 0
         for particle in self.particles:
             for done in [k for k in particle.saved if k < t]:
                 del particle.saved[done]
@@ -205,6 +211,10 @@ class Population:
         for particle, trace, choice in zip(self.particles, traces, pending, strict=True):
             particle.trace, particle.pending = trace, choice
             particle.saved.pop(t, None)
+
+
+def _reached(particle: Particle, t: int) -> bool:
+    return particle.reported >= t or (particle.stopped and particle.settled)
 
 
 def _shift(particle: Particle, t: int, delta: float) -> None:

@@ -18,18 +18,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from ppl.lm import StepRequest, StepResult
-from ppl.slots import stream_uniforms
+from ppl.slots import stream_uniform
 
 
 @dataclass(slots=True)
 class _Step:
     request: StepRequest
     context_ids: tuple[int, ...]
-    uniforms: np.ndarray
+    seed: int
     generated: list[int] = field(default_factory=list)
     logp: float = 0.0
     logq: float = 0.0
@@ -67,7 +66,7 @@ class RunningBatch:
 
     def submit(self, requests: Sequence[StepRequest], seeds: Sequence[int]) -> list[int]:
         steps = [
-            _Step(r, self.lm.encode(r.context), stream_uniforms(s, r.max_tokens))
+            _Step(r, self.lm.encode(r.context), int(s))
             for r, s in zip(requests, seeds, strict=True)
         ]
         tickets = list(range(self._next_ticket, self._next_ticket + len(steps)))
@@ -179,7 +178,9 @@ class RunningBatch:
         tickets = [self.positions[self.rows[row]] for row in live]
         steps = [self.steps[t] for t in tickets]
         uniforms = torch.tensor(
-            [s.uniforms[len(s.generated)] for s in steps], dtype=torch.float32, device=logits.device
+            [stream_uniform(s.seed, len(s.generated)) for s in steps],
+            dtype=torch.float32,
+            device=logits.device,
         )
         tokens, picked_p, picked_q = self.lm._draw(
             logits,
