@@ -1,12 +1,15 @@
-"""SMC generation throughput against a raw batched decode loop of the same model.
+"""Importance and SMC generation throughput against a raw batched decode loop of the same model.
 
-For each N, one SMC run of a T-step program (steps of up to 32 tokens, ending
-at a sentence end) and one raw loop run back to back: the raw loop prefills
-the prompt once, expands its cache to N rows and decodes, sampling every
-token with the same sampler, for as many tokens per row as SMC generated per
-particle. Both include their prefill. The ratio is SMC tokens/s over raw
-tokens/s, the median over repeats; 1.0 means particle methods cost nothing
-beyond the decoding itself.
+For each engine and N, one run of a T-step program (steps of up to 32 tokens,
+ending at a sentence end) and one raw loop run back to back: the raw loop
+prefills the prompt once, expands its cache to N rows and decodes, sampling
+every token with the same sampler, for as many tokens per row as the engine
+generated per particle. Both include their prefill. The ratio is engine
+tokens/s over raw tokens/s, the median over repeats; 1.0 means particle
+methods cost nothing beyond the decoding itself. ``idle rows`` is the share
+of rows fed in decode passes whose step had already ended; ``passes/token``
+is forward passes per token a particle generated (1.0: no pass was wasted
+waiting for another particle's step).
 
 Run: ``python bench/throughput.py``  (embedded model; ``--repeats``, ``--steps``)
 """
@@ -22,6 +25,7 @@ from transformers import DynamicCache
 
 import models
 import ppl
+from inference.population import Problem, run_problems
 from models.token_lm import sample_categorical
 from models.transformers_lm import cache_keyword
 
@@ -61,11 +65,11 @@ def raw_decode(lm, prompt_ids: list[int], num_rows: int, num_tokens: int, seed: 
     return time.perf_counter() - started
 
 
-def smc_run(lm, num_particles: int, num_steps: int, step_tokens: int, stop, seed: int):
+def engine_run(lm, method: str, num_particles: int, num_steps: int, step_tokens: int, stop, seed):
     before = lm.stats.snapshot()
-    lm._batch = None  # start from an empty cache, as the raw loop does
+    lm._running_batch().reset()  # start from an empty cache, as the raw loop does
     started = time.perf_counter()
-    posterior = ppl.smc(
+    posterior = getattr(ppl, method)(
         story, lm, PROMPT, num_steps, step_tokens, stop, num_particles=num_particles, seed=seed
     )
     seconds = time.perf_counter() - started
@@ -75,64 +79,105 @@ def smc_run(lm, num_particles: int, num_steps: int, step_tokens: int, stop, seed
 
 
 @click.command()
-@click.option("--particles", "particle_counts", default="4,16,64", show_default=True)
+@click.option("--methods", default="importance,smc", show_default=True)
+@click.option("--particles", "particle_counts", default="16,64", show_default=True)
 @click.option("--steps", default=6, show_default=True, help="Steps (sentences) per program.")
 @click.option("--step-tokens", default=32, show_default=True, help="Token limit per step.")
 @click.option("--repeats", default=3, show_default=True, help="Runs per N; medians shown.")
+@click.option("--problems", default=16, show_default=True, help="Problems packed in one batch.")
+@click.option("--rows", default=64, show_default=True, help="Rows of the packed batch.")
 @click.option("--threads", default=0, help="torch threads (0: torch's default).")
 @click.option(
     "--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True
 )
 def main(
-    particle_counts: str, steps: int, step_tokens: int, repeats: int, threads: int, dtype: str
+    methods: str,
+    particle_counts: str,
+    steps: int,
+    step_tokens: int,
+    repeats: int,
+    problems: int,
+    rows: int,
+    threads: int,
+    dtype: str,
 ):
     if threads:
         torch.set_num_threads(threads)
     lm = models.default_lm(dtype=getattr(torch, dtype))
     prompt_ids = list(lm.encode(PROMPT))
     click.echo(
-        f"SMC vs raw batched decoding, embedded model ({dtype}), {steps} steps of "
+        f"Engines vs raw batched decoding, embedded model ({dtype}), {steps} steps of "
         f"<= {step_tokens} tokens, {torch.get_num_threads()} threads, median of {repeats}"
     )
-    # Ragged steps end at a sentence end, so each round waits for its longest
-    # step ("lock-step" = decode passes per round over mean tokens per step);
-    # fixed steps all run to the token limit and isolate the backend's overhead.
+    # Ragged steps end at a sentence end, so particles reach the end of a step
+    # at different passes; fixed steps all run to the token limit.
+    if problems:
+        packed(lm, prompt_ids, problems, rows, steps, step_tokens)
     for label, stop in (("ragged steps (stop at '.' or newline)", (".", "\n")), ("fixed", ())):
         click.echo(f"\n{label}")
         click.echo(
-            f"{'N':>4} {'tokens/particle':>15} {'SMC tok/s':>10} {'raw tok/s':>10} "
-            f"{'ratio':>6} {'idle rows':>9} {'lock-step':>9} {'resampled':>9}"
+            f"{'method':>10} {'N':>4} {'tokens/particle':>15} {'tok/s':>8} {'raw tok/s':>10} "
+            f"{'ratio':>6} {'idle rows':>9} {'passes/token':>12} {'resampled':>9}"
         )
-        for num_particles in (int(n) for n in particle_counts.split(",")):
-            row = measure(lm, prompt_ids, num_particles, steps, step_tokens, stop, repeats)
-            click.echo(
-                f"{num_particles:>4} {row['tokens']:>15.0f} {row['smc']:>10.1f} "
-                f"{row['raw']:>10.1f} {row['ratio']:>6.2f} {row['idle']:>9.1%} "
-                f"{row['lockstep']:>9.2f} {row['resampled']:>9.0f}"
-            )
+        for method in methods.split(","):
+            for num_particles in (int(n) for n in particle_counts.split(",")):
+                row = measure(
+                    lm, method, prompt_ids, num_particles, steps, step_tokens, stop, repeats
+                )
+                click.echo(
+                    f"{method:>10} {num_particles:>4} {row['tokens']:>15.0f} {row['rate']:>8.1f} "
+                    f"{row['raw']:>10.1f} {row['ratio']:>6.2f} {row['idle']:>9.1%} "
+                    f"{row['passes']:>12.2f} {row['resampled']:>9.0f}"
+                )
 
 
-def measure(lm, prompt_ids, num_particles, steps, step_tokens, stop, repeats) -> dict:
-    """Medians over repeats of one SMC run and one raw run each."""
+def packed(lm, prompt_ids, num_problems: int, rows: int, steps: int, step_tokens: int) -> None:
+    """SMC on many problems packed into one running batch of ``rows`` rows, against raw decode."""
+    num_particles = 16
+    problems = [
+        Problem(story, (lm, PROMPT, steps, step_tokens), seed=k) for k in range(num_problems)
+    ]
+    before = lm.stats.snapshot()
+    lm._running_batch().reset()
+    started = time.perf_counter()
+    run_problems("smc", problems, num_particles=num_particles, max_rows=rows)
+    seconds = time.perf_counter() - started
+    after = lm.stats.snapshot()
+    generated = after["tokens_generated"] - before["tokens_generated"]
+    idle = (after["idle_rows"] - before["idle_rows"]) / max(
+        1, after["decode_rows"] - before["decode_rows"]
+    )
+    tokens_per_row = max(1, round(generated / rows))
+    raw_seconds = raw_decode(lm, prompt_ids, rows, tokens_per_row, seed=0)
+    rate, raw_rate = generated / seconds, rows * tokens_per_row / raw_seconds
+    click.echo(
+        f"\npacked: {num_problems} problems x {num_particles} particles (SMC) in {rows} rows, "
+        f"ragged steps\n{generated} tokens, {rate:.1f} tok/s, raw {raw_rate:.1f} tok/s at "
+        f"{rows} rows x {tokens_per_row} tokens, ratio {rate / raw_rate:.2f}, idle rows {idle:.1%}"
+    )
+
+
+def measure(lm, method, prompt_ids, num_particles, steps, step_tokens, stop, repeats) -> dict:
+    """Medians over repeats of one engine run and one raw run each."""
     figures: dict[str, list[float]] = {
-        key: [] for key in ("tokens", "smc", "raw", "ratio", "idle", "lockstep", "resampled")
+        key: [] for key in ("tokens", "rate", "raw", "ratio", "idle", "passes", "resampled")
     }
     for seed in range(repeats):
-        seconds, delta, posterior = smc_run(lm, num_particles, steps, step_tokens, stop, seed)
+        seconds, delta, posterior = engine_run(
+            lm, method, num_particles, steps, step_tokens, stop, seed
+        )
         generated = delta["tokens_generated"]
         tokens_per_row = max(1, round(generated / num_particles))
         raw_seconds = raw_decode(lm, prompt_ids, num_particles, tokens_per_row, seed)
-        smc_rate = generated / seconds
+        rate = generated / seconds
         raw_rate = num_particles * tokens_per_row / raw_seconds
-        # Every step's first token comes from the feed; the rest from decode passes.
-        decode_passes = delta["forward_calls"] - delta["sample_calls"]
         figures["tokens"].append(tokens_per_row)
-        figures["smc"].append(smc_rate)
+        figures["rate"].append(rate)
         figures["raw"].append(raw_rate)
-        figures["ratio"].append(smc_rate / raw_rate)
+        figures["ratio"].append(rate / raw_rate)
         # Decode passes also feed rows that idle until the batch sheds them.
         figures["idle"].append(delta["idle_rows"] / max(1, delta["decode_rows"]))
-        figures["lockstep"].append((decode_passes + delta["sample_calls"]) / tokens_per_row)
+        figures["passes"].append(delta["forward_calls"] / tokens_per_row)
         figures["resampled"].append(sum(r.resampled for r in posterior.rounds[0]))
     return {key: statistics.median(values) for key, values in figures.items()}
 

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from inference.population import BackendUsage, check_positive_int
+from inference.population import check_positive_int
+from inference.runtime import CostTracker
 from ppl.errors import InvalidArgumentError, VerifierError
 from ppl.handlers import PendingChoice
-from ppl.posterior import Cost, Posterior, Round, effective_sample_size
+from ppl.posterior import Posterior, Round, effective_sample_size
 from ppl.runtime import as_program, execute, resolve_choices
 from ppl.trace import Site, Trace
 
@@ -162,16 +162,20 @@ def _search(
     prog = as_program(program)
     seed_sequence = np.random.SeedSequence(seed)
     rng = np.random.default_rng(seed_sequence)
-    started = time.perf_counter()
-    usage = BackendUsage()
+    tracker = CostTracker()
     memo_calls = 0
     scored_traces = 0
 
     def run_to_next_choice(trace: Trace) -> tuple[Trace, PendingChoice | None]:
         nonlocal memo_calls
-        execution = execute(prog, args, kwargs, trace)
+        try:
+            execution = execute(prog, args, kwargs, trace)
+        except Exception as error:
+            error.add_note(f"while running program {prog.name!r} for a search node")
+            raise
         memo_calls += execution.memo_calls
-        usage.track(execution.pending)
+        if execution.pending is not None and execution.pending.kind == "step":
+            tracker.track(execution.pending.fn.lm)
         return execution.trace, execution.pending
 
     def score_all(executions: list[tuple[Trace, PendingChoice | None]]) -> list[float]:
@@ -250,9 +254,8 @@ def _search(
             Round(tuple(b.parent for b in beams), tuple(b.text for b in beams), log_scores, True)
         )
 
-    cost = usage.cost() + Cost(
-        verifier_calls=memo_calls + scored_traces, wall_seconds=time.perf_counter() - started
-    )
+    tracker.verifier_calls = memo_calls + scored_traces
+    cost = tracker.cost()
     return Posterior(
         [b.trace for b in beams],
         [b.score for b in beams],

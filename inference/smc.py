@@ -26,16 +26,21 @@ def smc(
     """Sequential Monte Carlo: one round per random choice, resampling when ESS drops.
 
     What it estimates: with target ``pi(trace) ∝ prod p(choices) * prod factors``
-    (``ppl.step`` targets the temperature-1 model), the weighted particles
+    (``ppl.step`` targets its sampler), the weighted particles
     estimate expectations under ``pi`` consistently as ``num_particles``
     grows, and ``exp(log_evidence)`` is an unbiased estimate of the
     normalizing constant ``Z`` for any number of particles. Twists
     (``ppl.twist``) change which particles survive resampling but not the
     target: the final potential is removed when a program returns.
 
-    Round ``t`` draws every live particle's ``t``-th random choice (LM steps
-    in one batched call), reweights by ``log p - log q`` plus the factors and
-    twist changes up to the next choice, and resamples with ``resample``
+    Round ``t`` is every live particle's ``t``-th random choice, reweighted by
+    ``log p - log q`` plus the factors and twist changes up to the next
+    choice. Particles run continuously on the shared runtime: LM steps join
+    the backend's running batch as soon as a particle is ready, and a
+    particle that has made choice ``t`` draws choice ``t + 1`` speculatively
+    while others finish round ``t`` (see ``inference.population`` for why
+    this leaves every estimate exact; ``info`` counts ``speculative_choices``
+    and ``discarded_choices``). After round ``t`` the population resamples with ``resample``
     (``multinomial``, ``systematic``, ``stratified``, ``residual``) when
     ``ESS < ess_threshold * num_particles``. Finished particles keep their
     weight and take part in resampling; particles of weight zero stop. If
@@ -46,7 +51,8 @@ def smc(
     by ``k`` Metropolis-Hastings moves per particle that leave the round's
     intermediate target invariant (see ``inference.mcmc.Rejuvenation``: the
     latest random choice first, then earlier ones, each re-drawn with what
-    follows it). Weights are unchanged, so the estimates and the unbiasedness
+    follows it); moves change the state at the decision, so no particle
+    draws ahead of it. Weights are unchanged, so the estimates and the unbiasedness
     of ``exp(log_evidence)`` hold as without moves, while copies of one
     ancestor spread out again. ``info["rejuvenation_acceptance_rate"]``
     reports how many moves were accepted; the genealogy records the draws of

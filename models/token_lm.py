@@ -1,9 +1,9 @@
 """``TokenLM``: what every local, token-level backend shares.
 
 Tokenization (canonical, so a step's probability depends only on the text of
-its context), chat rendering, the lock-step sampling loop with stop strings,
-samplers (temperature, top-k, top-p) and logits processors, scoring and
-next-token log-probabilities.
+its context), chat rendering, the running batch (``models.running_batch``) with stop strings,
+samplers (temperature, top-k, top-p) and logits processors, scoring and next-token
+log-probabilities.
 A backend supplies only its cache: feeding sequences (reusing cached
 prefixes) and decoding one token per row.
 """
@@ -18,9 +18,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from models.running_batch import RunningBatch
 from ppl.errors import BackendError, CapabilityError, InvalidArgumentError
 from ppl.lm import LM, Context, LMStats, ScoreRequest, StepRequest, StepResult
 from ppl.sampler import proposal_log_probs, target_log_probs
+from ppl.slots import SlotLM
 
 # Scoring materialises logits for every scored position; cap that memory.
 _SCORE_LOGITS_BUDGET = 256 * 2**20
@@ -28,7 +30,7 @@ _SCORE_LOGITS_BUDGET = 256 * 2**20
 _MAX_KEPT_HIDDEN_STATES = 16384
 
 
-class TokenLM(LM):
+class TokenLM(LM, SlotLM):
     """A backend that runs a tokenizer and a causal model locally, all particles in one batch.
 
     Subclasses set ``tokenizer``, ``eos_token_ids``, ``vocab_size``, ``device``
@@ -137,103 +139,67 @@ class TokenLM(LM):
     def sample_steps(
         self, requests: Sequence[StepRequest], *, seed: int | None = None
     ) -> list[StepResult]:
-        """Generate one step per request in lock-step batched decoding.
+        """Generate one step per request in batched decoding.
 
         Each step ends after the token completing one of its stop strings, at
         EOS, or at ``max_tokens``. ``logp`` is under the request's sampler
         (temperature, top-k, top-p), ``logq`` under the proposal actually used
-        (proposal temperature and logits processor).
+        (proposal temperature and logits processor). Request ``k`` draws from
+        its own stream, derived from ``seed`` and ``k``. Steps already in the
+        running batch keep decoding alongside; their results are returned by
+        the next ``advance``.
         """
         if not requests:
             return []
-        self.stats.sample_calls += 1
-        generator = torch.Generator(self.device)
-        generator.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8)) >> 1)
-        try:
-            return self._sample(requests, generator)
-        except Exception:
-            self._forget()
-            raise
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8)) >> 1
+        seeds = np.random.SeedSequence(seed).generate_state(len(requests), np.uint64)
+        tickets = self.submit(requests, [int(s) for s in seeds])
+        running = self._running_batch()
+        results: dict[int, StepResult] = {}
+        others: list[tuple[int, StepResult]] = []
+        while len(results) < len(tickets):
+            for ticket, result in running.advance():
+                if tickets[0] <= ticket <= tickets[-1]:
+                    results[ticket] = result
+                else:
+                    others.append((ticket, result))
+        running.ended = others + running.ended
+        return [results[t] for t in tickets]
 
-    def _sample(self, requests: Sequence[StepRequest], generator) -> list[StepResult]:
-        keep_hidden = self.keep_hidden_states or any(
-            getattr(r.logits_processor, "uses_hidden_states", False) for r in requests
-        )
-        if keep_hidden:
-            self._capture_hidden(True)
-        try:
-            return self._sample_steps(requests, generator, keep_hidden)
-        finally:
-            if keep_hidden:
-                self._capture_hidden(False)
+    # --- the running batch (ppl.slots.SlotLM) ---------------------------------
+    def _running_batch(self) -> RunningBatch:
+        running = self.__dict__.get("_running")
+        if running is None:
+            running = self.__dict__["_running"] = RunningBatch(self)
+        return running
 
-    def _sample_steps(
-        self, requests: Sequence[StepRequest], generator, keep_hidden: bool
-    ) -> list[StepResult]:
-        size = len(requests)
-        logits, rows = self._feed([self.encode(r.context) for r in requests], [1] * size)
-        logits = logits[:, -1, :]
-        # The hidden state whose prediction drew each request's latest token.
-        hidden = self._last_hidden() if keep_hidden else None
-        final_hidden: list[torch.Tensor | None] = [None] * size
-        generated: list[list[int]] = [[] for _ in range(size)]
-        logp = [0.0] * size
-        logq = [0.0] * size
-        finished = [False] * size
-        done = [False] * size
-        # rows[r] is the request batch row r serves.
-        while True:
-            live = [row for row, j in enumerate(rows) if not done[j]]
-            if len(live) < len(rows):
-                logits = logits[live]
-                if keep_hidden:
-                    hidden = hidden[live]
-            live_requests = [rows[row] for row in live]
-            # One uniform per request, drawn in request order: a request's tokens
-            # depend on the seed and its own logits, never on the cache's row layout.
-            uniforms = torch.rand(size, generator=generator, device=self.device)
-            tokens, picked_p, picked_q = self._draw(
-                logits,
-                [requests[j] for j in live_requests],
-                generated,
-                live_requests,
-                uniforms,
-                hidden,
-            )
-            self.stats.tokens_generated += len(live)
-            for position, (j, token, token_p, token_q) in enumerate(
-                zip(live_requests, tokens, picked_p, picked_q, strict=True)
-            ):
-                generated[j].append(token)
-                logp[j] += token_p
-                logq[j] += token_q
-                if token in self.eos_token_ids:
-                    done[j] = finished[j] = True
-                elif len(generated[j]) >= requests[j].max_tokens or self._hit_stop(
-                    generated[j], requests[j].stop
-                ):
-                    done[j] = True
-                if done[j] and keep_hidden:
-                    final_hidden[j] = hidden[position]
-            if all(done):
-                break
-            rows = self._shed(rows, done)
-            logits = self._decode([None if done[j] else generated[j][-1] for j in rows])
-            if keep_hidden:
-                hidden = self._last_hidden()
-        self._end_sampling(rows, size)
-        if self.keep_hidden_states:
-            for j, request in enumerate(requests):
-                self._keep_hidden(request.context, tuple(generated[j]), final_hidden[j])
-        results = []
-        for j in range(size):
-            text_ids = generated[j][:-1] if finished[j] else generated[j]
-            results.append(
-                StepResult(
-                    self.decode(text_ids), tuple(generated[j]), logp[j], logq[j], finished[j]
-                )
-            )
-        return results
+    @torch.inference_mode()
+    def submit(self, requests: Sequence[StepRequest], seeds: Sequence[int]) -> list[int]:
+        """Queue steps; they join the running batch at the next ``advance``.
+
+        Example:
+            >>> tickets = lm.submit([ppl.StepRequest("The", max_tokens=4)], [7])  # doctest: +SKIP
+        """
+        return self._running_batch().submit(requests, seeds)
+
+    @torch.inference_mode()
+    def advance(self) -> list[tuple[int, StepResult]]:
+        """One decode pass over the running batch; the ``(ticket, result)`` of ended steps.
+
+        Example:
+            >>> while lm.busy:  # doctest: +SKIP
+            ...     ended = lm.advance()
+        """
+        return self._running_batch().advance()
+
+    def cancel(self, tickets: Sequence[int]) -> None:
+        """Stop decoding the given steps; their rows are reused."""
+        self._running_batch().cancel(tickets)
+
+    @property
+    def busy(self) -> bool:
+        return self._running_batch().busy
 
     def _draw(
         self,
@@ -332,13 +298,15 @@ class TokenLM(LM):
             ]
             self._capture_hidden(True)
             try:
-                _, rows = self._feed(sequences, [1] * len(sequences))
-                computed = self._last_hidden().float().cpu()
+                _, rows, kept_rows = self._running_batch().feed_beside(
+                    sequences, [1] * len(sequences)
+                )
+                computed = self._last_hidden()[kept_rows].float().cpu()
             except Exception:
-                self._forget()
+                self._running_batch().reset()
                 raise
             finally:
-                self._capture_hidden(False)
+                self._capture_hidden(self._running_batch().capturing)
             for row, request in enumerate(rows):
                 hidden[missing[request]] = computed[row]
             self.hidden_state_misses += len(missing)
@@ -387,7 +355,7 @@ class TokenLM(LM):
                 self.encode(requests[j].context) + tuple(requests[j].token_ids)[:-1] for j in chunk
             ]
             counts = [len(requests[j].token_ids) for j in chunk]
-            logits, rows = self._feed(sequences, counts)
+            logits, rows, _ = self._running_batch().feed_beside(sequences, counts)
             width = logits.shape[1]
             for row, request in enumerate(rows):
                 sampler = requests[chunk[request]].sampler
@@ -409,7 +377,9 @@ class TokenLM(LM):
         if not contexts:
             return torch.empty((0, self.vocab_size))
         self.stats.score_calls += 1
-        logits, rows = self._feed([self.encode(c) for c in contexts], [1] * len(contexts))
+        logits, rows, _ = self._running_batch().feed_beside(
+            [self.encode(c) for c in contexts], [1] * len(contexts)
+        )
         log_p = torch.empty(
             (len(contexts), logits.shape[-1]), dtype=torch.float32, device=self.device
         )

@@ -21,6 +21,7 @@ from ppl.errors import BackendError, MissingAnswerError, ReplayDivergenceError
 from ppl.handlers import EscapeMessenger, PendingChoice, RecordMessenger, ReplayMessenger, Suspend
 from ppl.handlers.replay_messenger import _FAST_REPLAYS
 from ppl.primitives import Program, program
+from ppl.slots import mix64
 from ppl.trace import Site, Trace
 from ppl.values import Step
 
@@ -103,7 +104,7 @@ def resolve_choices(pending: Sequence[PendingChoice], rng: np.random.Generator) 
         if choice.kind == "step":
             by_lm.setdefault(id(choice.fn.lm), (choice.fn.lm, []))[1].append(i)
         else:
-            sites[i] = _draw_sample_site(choice, int(rng.integers(2**63)))
+            sites[i] = draw_sample_site(choice, int(rng.integers(2**63)))
     for lm, indices in by_lm.values():
         requests = [pending[i].fn.request for i in indices]
         results = lm.sample_steps(requests, seed=int(rng.integers(2**63)))
@@ -112,24 +113,54 @@ def resolve_choices(pending: Sequence[PendingChoice], rng: np.random.Generator) 
                 f"{type(lm).__name__}.sample_steps returned {len(results)} results "
                 f"for {len(requests)} requests"
             )
-        for i, request, result in zip(indices, requests, results, strict=True):
-            if math.isnan(result.logp) or not math.isfinite(result.logq):
-                raise BackendError(
-                    f"{type(lm).__name__} returned logp={result.logp}, logq={result.logq} at "
-                    f"site {pending[i].name!r}; log q of a drawn step must be finite"
-                )
-            value = Step(
-                result.text, token_ids=result.token_ids, logp=result.logp, finished=result.finished
-            )
-            sites[i] = Site(
-                pending[i].name,
-                "step",
-                value,
-                log_prob=result.logp,
-                log_weight=result.logp - result.logq,
-                fingerprint=hash(request),
-            )
+        for i, result in zip(indices, results, strict=True):
+            sites[i] = step_site(pending[i], result, lm)
     return sites
+
+
+def step_site(choice: PendingChoice, result, lm) -> Site:
+    """The ``step`` site of a drawn step; checks the backend's log-probabilities.
+
+    Example:
+        >>> site = step_site(pending, result, lm)  # doctest: +SKIP
+    """
+    if math.isnan(result.logp) or not math.isfinite(result.logq):
+        raise BackendError(
+            f"{type(lm).__name__} returned logp={result.logp}, logq={result.logq} at "
+            f"site {choice.name!r}; log q of a drawn step must be finite"
+        )
+    value = Step(
+        result.text, token_ids=result.token_ids, logp=result.logp, finished=result.finished
+    )
+    return Site(
+        choice.name,
+        "step",
+        value,
+        log_prob=result.logp,
+        log_weight=result.logp - result.logq,
+        fingerprint=hash(choice.fn.request),
+    )
+
+
+def stream_seed(entropy: int, key: tuple[int, ...]) -> int:
+    """The 63-bit seed of the random stream ``key`` (e.g. lineage and step) of a run.
+
+    SplitMix64 folded over the entropy's 64-bit words and the key: a few
+    integer operations per draw.
+
+    Example:
+        >>> stream_seed(7, (0, 3)) == stream_seed(7, (0, 3)) != stream_seed(7, (1, 3))
+        True
+    """
+    state = mix64(len(key))
+    while True:
+        state = mix64(state ^ entropy)
+        entropy >>= 64
+        if not entropy:
+            break
+    for part in key:
+        state = mix64(state ^ part)
+    return state >> 1
 
 
 def resolve_calls(pending: Sequence[PendingChoice]) -> list[Site]:
@@ -160,7 +191,8 @@ def resolve_calls(pending: Sequence[PendingChoice]) -> list[Site]:
     return sites
 
 
-def _draw_sample_site(choice: PendingChoice, seed: int) -> Site:
+def draw_sample_site(choice: PendingChoice, seed: int) -> Site:
+    """Draw a ``sample`` site from its proposal (or its distribution) with the given seed."""
     proposal = choice.proposal if choice.proposal is not None else choice.fn
     # Pyro distributions draw from torch's global generator: seed a forked copy
     # so results are reproducible and the user's global state is untouched.

@@ -211,9 +211,9 @@ def test_replayed_sites_never_reach_the_backend():
             super().__init__(base.model, base.tokenizer)
             self.batch_sizes = []
 
-        def sample_steps(self, requests, *, seed=None):
+        def submit(self, requests, seeds):
             self.batch_sizes.append(len(requests))
-            return super().sample_steps(requests, seed=seed)
+            return super().submit(requests, seeds)
 
     lm = CountingLM(make_tiny_lm())
 
@@ -225,7 +225,7 @@ def test_replayed_sites_never_reach_the_backend():
         ppl.answer(text)
 
     ppl.smc(three_steps, lm, num_particles=10, seed=0, ess_threshold=1.0)
-    # One batched call per round, one request per live particle, no scoring:
+    # One batch of requests per round, one per live particle, no scoring:
     # every re-execution replays earlier steps without asking the model.
     assert lm.batch_sizes == [10, 10, 10]
     assert lm.stats.sample_calls == 3 and lm.stats.score_calls == 0

@@ -82,7 +82,7 @@ def test_some_rejected_particles_do_not_abort():
         ppl.condition("even", x % 2 == 0)
         ppl.answer(x)
 
-    posterior = ppl.smc(picky, num_particles=40, seed=1, ess_threshold=0.0)
+    posterior = ppl.smc(picky, num_particles=400, seed=1, ess_threshold=0.0)
     assert np.isneginf(posterior.log_weights).any()
     assert set(posterior.answer_distribution()) == {0, 2}
     assert posterior.log_evidence == pytest.approx(math.log(0.5), abs=0.25)

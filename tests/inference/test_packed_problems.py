@@ -1,0 +1,48 @@
+"""Many problems in one running batch give each the posterior it gets alone."""
+
+import pytest
+from tiny import make_tiny_lm
+
+import ppl
+from inference.population import Problem, run_problems
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@ppl.program
+def continue_text(lm, prompt):
+    first = ppl.step("first", lm, prompt, stop=("c",), max_tokens=3)
+    ppl.factor("more_b", 0.7 * first.count("b"))
+    second = ppl.step("second", lm, prompt + first, stop=(), max_tokens=2)
+    ppl.answer(str(first) + "|" + str(second))
+
+
+PROMPTS = ["ab", "cab", "b", "aab", "ca"]
+
+
+def _view(posterior):
+    return posterior.answers, posterior.log_weights.round(6).tolist(), posterior.method
+
+
+@pytest.mark.parametrize(("method", "max_rows"), [("smc", 8), ("importance", 5), ("smc", 64)])
+def test_packed_problems_match_one_at_a_time(method, max_rows):
+    lm = make_tiny_lm(seed=3)
+    problems = [Problem(continue_text, (lm, p), seed=10 + k) for k, p in enumerate(PROMPTS)]
+    engine = getattr(ppl, method)
+    options = {"ess_threshold": 1.0} if method == "smc" else {}
+    alone_lm = make_tiny_lm(seed=3)
+    alone = [
+        engine(continue_text, alone_lm, p, num_particles=4, seed=10 + k, **options)
+        for k, p in enumerate(PROMPTS)
+    ]
+    packed = run_problems(method, problems, num_particles=4, max_rows=max_rows, **options)
+    assert [_view(p) for p in packed] == [_view(p) for p in alone]
+    if max_rows >= 8:  # several problems shared passes: fewer passes than one after another
+        assert lm.stats.forward_calls < alone_lm.stats.forward_calls
+
+
+def test_bad_packing_settings_are_clear_errors():
+    with pytest.raises(ppl.InvalidArgumentError, match="'importance' or 'smc'"):
+        run_problems("beam", [], num_particles=2)
+    with pytest.raises(ppl.InvalidArgumentError, match="max_rows"):
+        run_problems("smc", [], num_particles=2, max_rows=0)
