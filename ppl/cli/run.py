@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 from inference.conformal import load_calibration
+from inference.runtime import round_hooks
 from ppl.cli.datasets import Placement, read_dataset, run_dataset
 from ppl.cli.loading import MODELS, check_model, load_model, load_program
 from ppl.cli.output import Output, output_options
@@ -33,7 +35,6 @@ from ppl.cli.recipes import (
 )
 from ppl.cli.report import rundir
 from ppl.errors import RecipeError
-from ppl.lm import ForwardingLM
 from ppl.posterior import Posterior
 
 
@@ -166,11 +167,14 @@ def run(
     lm = None if executor == "ray" else load_model(spec.model)
 
     def infer_one(args: list[Any], kwargs: dict[str, Any], seed: int, bar) -> Posterior:
-        call_lm = lm if lm is None or bar is None else ProgressLM(lm, bar)
-        return infer(spec, engine, program, call_lm, args, kwargs, seed)
+        if lm is None or bar is None:
+            return infer(spec, engine, program, lm, args, kwargs, seed)
+        # The particle runtime reports its rounds; the LM stays unwrapped so
+        # that steps join its running batch as soon as they are ready.
+        with round_hooks(lambda event: _count_round(bar, event)):
+            return infer(spec, engine, program, lm, args, kwargs, seed)
 
     if problems is None:
-        # Population engines make one batched LM call per round: count those.
         rounds = output.progress(desc=f"{spec.method} rounds", unit="round", enabled=lm is not None)
         with rounds as bar:
             posterior = infer_one(spec.args, spec.kwargs, spec.seed, bar)
@@ -204,19 +208,6 @@ def run(
     output.result({"out": str(out_dir), **summary})
 
 
-class ProgressLM(ForwardingLM):
-    """Forwards to an LM and advances a progress bar once per batched sampling call.
-
-    Population engines make one ``sample_steps`` call per round, so the bar
-    counts rounds and shows how many particles were still stepping.
-    """
-
-    def __init__(self, lm, bar):
-        super().__init__(lm)
-        self._bar = bar
-
-    def sample_steps(self, requests, *, seed=None):
-        results = super().sample_steps(requests, seed=seed)
-        self._bar.set_postfix(particles=len(requests), refresh=False)
-        self._bar.update(1)
-        return results
+def _count_round(bar, event) -> None:
+    bar.set_postfix(alive=int((event.log_weights > -np.inf).sum()), refresh=False)
+    bar.update(1)
