@@ -1,4 +1,4 @@
-"""The llama.cpp capability probe: a crash in llama.cpp's kernels is an error, not a dead process."""
+"""The llama.cpp capability probe: a kernel crash is an error, not a dead process."""
 
 import signal
 import sys
