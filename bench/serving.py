@@ -1,20 +1,22 @@
 """SMC throughput through an OpenAI-compatible server against the local backends.
 
-The same program (N=16 particles, sentence steps) runs through ``OpenAILM``
-and through ``TransformersLM`` (and ``LlamaCppLM`` when llama-cpp-python is
-installed) on the same model, one after the other; each prints generated
-tokens per second, and the ratio is server over local.
+The same program (sentence steps) runs through ``OpenAILM`` and through
+``TransformersLM`` and ``LlamaCppLM`` on the same model, one after the other;
+each prints generated tokens per second, and the ratios are server over local.
 
-By default the script starts llama-cpp-python's server on the embedded GGUF
-(``pip install 'pplscale[server]'``). That server decodes one request at a
-time and builds log-probabilities in Python, so on a CPU it is far slower than
-the batched local backends: the figure shows the cost of the HTTP path, not
-of serving. On GPU servers the same code path runs unchanged: start vLLM or
-SGLang (see the README, "Serving at scale") and pass ``--base-url``,
-``--model``, ``--tokenizer`` and ``--server``; the local baseline then needs
+``embedded`` starts llama.cpp's C++ ``llama-server`` on the embedded GGUF
+(built by ``scripts/build_llama_cpp.sh``) with one slot per particle,
+continuous batching and its prompt cache, and prints the share of the
+server's slots busy per decode (its ``n_busy_slots_per_decode`` metric over
+the slots). ``--server llama-cpp-python`` starts llama-cpp-python's server
+instead, which decodes one request at a time.
+
+``remote`` measures an already running server (vLLM or SGLang on GPUs, see
+the README, "Serving at scale"): pass ``--base-url``, ``--model``,
+``--tokenizer`` and ``--server``; the local baseline then needs
 ``--local-model`` (a Hugging Face directory of the same model) or is skipped.
 
-Run: ``python bench/serving.py``  (``--particles``, ``--steps``, ``--repeats``)
+Run: ``python bench/serving.py embedded --particles 16 --particles 64``
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import tempfile
 import time
 
 import click
+import httpx
 
 import models
 import ppl
@@ -58,23 +61,90 @@ def tokens_per_second(lm, particles: int, steps: int, step_tokens: int, repeats:
     return statistics.median(rates), tokens
 
 
-def start_llama_server(threads: int) -> tuple[subprocess.Popen, str]:
+def start_llama_server(profile: str, threads: int, slots: int) -> tuple[subprocess.Popen, str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     log = tempfile.NamedTemporaryFile("w", prefix="llama-server-", suffix=".log", delete=False)
-    command = embedded.llama_server_command(port, threads=threads)
+    if profile == "llama.cpp":
+        command = embedded.llama_cpp_server_command(
+            port, slots=slots, n_ctx=256 * slots, threads=threads
+        )
+    else:
+        command = embedded.llama_server_command(port, threads=threads)
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     return process, f"http://127.0.0.1:{port}/v1"
 
 
-@click.command()
+def busy_slot_share(base_url: str, slots: int) -> float | None:
+    """Mean busy slots per decode over the slots, from llama-server's /metrics."""
+    try:
+        text = httpx.get(base_url.removesuffix("/v1") + "/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("llamacpp:n_busy_slots_per_decode"):
+            return float(line.split()[-1]) / slots
+    return None
+
+
+def run_one(particles, steps, step_tokens, repeats, threads, profile, local, llama):
+    """Tokens/s through a fresh server and locally for one particle count."""
+    process, base_url = start_llama_server(profile, threads, particles)
+    try:
+        client = models.OpenAILM(
+            base_url,
+            "smollm2",
+            tokenizer=local.tokenizer,
+            server=profile,
+            eos_token_ids=sorted(local.eos_token_ids),
+            timeout=600,
+        )
+        client.wait_until_ready(timeout=180)
+        served, served_tokens = tokens_per_second(client, particles, steps, step_tokens, repeats)
+        share = busy_slot_share(base_url, particles) if profile == "llama.cpp" else None
+        client.close()
+    finally:
+        process.terminate()
+        process.wait()
+    print(f"N={particles}: {'OpenAILM (' + profile + ')':<28}{served_tokens:>8}{served:>10.1f}")
+    if share is not None:
+        print(f"N={particles}: share of server slots busy per decode: {share:.2f}")
+    rate, tokens = tokens_per_second(local, particles, steps, step_tokens, repeats)
+    print(f"N={particles}: {'TransformersLM':<28}{tokens:>8}{rate:>10.1f}")
+    print(f"N={particles}: ratio server / TransformersLM: {served / rate:.3f}")
+    if llama is not None:
+        llama_rate, count = tokens_per_second(llama, particles, steps, step_tokens, repeats)
+        print(f"N={particles}: {'LlamaCppLM':<28}{count:>8}{llama_rate:>10.1f}")
+        print(f"N={particles}: ratio server / LlamaCppLM: {served / llama_rate:.3f}")
+
+
+@click.command("embedded")
+@click.option("--particles", "particle_counts", multiple=True, default=(16, 64), type=int)
+@click.option("--steps", default=3, show_default=True)
+@click.option("--step-tokens", default=16, show_default=True)
+@click.option("--repeats", default=1, show_default=True)
+@click.option("--threads", default=2, show_default=True, help="llama.cpp threads")
+@click.option("--server", "profile", default="llama.cpp", show_default=True)
+def embedded_main(particle_counts, steps, step_tokens, repeats, threads, profile):
+    """The embedded model through a server started here, against the local backends."""
+    local = models.default_lm()
+    try:
+        llama = models.LlamaCppLM.embedded(max_sequences=max(particle_counts), threads=threads)
+    except ppl.ModelNotInstalledError:
+        llama = None
+    print(f"SMC, {steps} steps of up to {step_tokens} tokens, {repeats} repeat(s)")
+    print(f"{'':7}{'backend':<28}{'tokens':>8}{'tokens/s':>10}")
+    for particles in particle_counts:
+        run_one(particles, steps, step_tokens, repeats, threads, profile, local, llama)
+
+
+@click.command("remote")
 @click.option("--particles", default=16, show_default=True)
 @click.option("--steps", default=3, show_default=True)
 @click.option("--step-tokens", default=16, show_default=True)
 @click.option("--repeats", default=1, show_default=True)
-@click.option("--threads", default=2, show_default=True, help="llama.cpp server threads")
-@click.option("--base-url", default=None, help="an already running server (…/v1)")
+@click.option("--base-url", required=True, help="an already running server (…/v1)")
 @click.option("--model", "served_model", default="smollm2", show_default=True)
 @click.option("--tokenizer", default=None, help="tokenizer directory (default: embedded)")
 @click.option("--server", "profile", default="llama-cpp-python", show_default=True)
@@ -85,7 +155,6 @@ def main(
     steps,
     step_tokens,
     repeats,
-    threads,
     base_url,
     served_model,
     tokenizer,
@@ -93,54 +162,45 @@ def main(
     concurrency,
     local_model,
 ):
-    process = None
-    if base_url is None:
-        process, base_url = start_llama_server(threads)
-    try:
-        if local_model is not None:
-            local = models.TransformersLM.from_pretrained(local_model)
-        elif tokenizer is None:
-            local = models.default_lm()
-        else:
-            local = None
-        client = models.OpenAILM(
-            base_url,
-            served_model,
-            tokenizer=tokenizer or local.tokenizer,
-            server=profile,
-            eos_token_ids=None if local is None else sorted(local.eos_token_ids),
-            max_concurrency=concurrency,
-            timeout=300,
-        )
-        client.wait_until_ready(timeout=180)
-        print(
-            f"SMC, N={particles}, {steps} steps of up to {step_tokens} tokens, {repeats} repeat(s)"
-        )
-        print(f"{'backend':<28}{'tokens':>8}{'tokens/s':>10}")
-        served_rate, served_tokens = tokens_per_second(
-            client, particles, steps, step_tokens, repeats
-        )
-        print(f"{'OpenAILM (' + profile + ')':<28}{served_tokens:>8}{served_rate:>10.1f}")
-        client.close()
-        if local is None:
-            return
-        local_rate, local_tokens = tokens_per_second(local, particles, steps, step_tokens, repeats)
-        print(f"{'TransformersLM':<28}{local_tokens:>8}{local_rate:>10.1f}")
-        if local_model is None:
-            try:
-                llama = models.LlamaCppLM.embedded(max_sequences=particles)
-            except ppl.ModelNotInstalledError:
-                llama = None
-            if llama is not None:
-                rate, count = tokens_per_second(llama, particles, steps, step_tokens, repeats)
-                print(f"{'LlamaCppLM':<28}{count:>8}{rate:>10.1f}")
-                llama.close()
-        print(f"ratio server / TransformersLM: {served_rate / local_rate:.3f}")
-    finally:
-        if process is not None:
-            process.terminate()
-            process.wait()
+    """An already running server (vLLM, SGLang, ...) against a local copy of its model."""
+    if local_model is not None:
+        local = models.TransformersLM.from_pretrained(local_model)
+    elif tokenizer is None:
+        local = models.default_lm()
+    else:
+        local = None
+    client = models.OpenAILM(
+        base_url,
+        served_model,
+        tokenizer=tokenizer or local.tokenizer,
+        server=profile,
+        eos_token_ids=None if local is None else sorted(local.eos_token_ids),
+        max_concurrency=concurrency,
+        timeout=300,
+    )
+    client.wait_until_ready(timeout=180)
+    print(f"SMC, N={particles}, {steps} steps of up to {step_tokens} tokens, {repeats} repeat(s)")
+    print(f"{'backend':<28}{'tokens':>8}{'tokens/s':>10}")
+    served_rate, served_tokens = tokens_per_second(client, particles, steps, step_tokens, repeats)
+    print(f"{'OpenAILM (' + profile + ')':<28}{served_tokens:>8}{served_rate:>10.1f}")
+    client.close()
+    if local is None:
+        return
+    local_rate, local_tokens = tokens_per_second(local, particles, steps, step_tokens, repeats)
+    print(f"{'TransformersLM':<28}{local_tokens:>8}{local_rate:>10.1f}")
+    if local_model is None:
+        try:
+            llama = models.LlamaCppLM.embedded(max_sequences=particles)
+        except ppl.ModelNotInstalledError:
+            llama = None
+        if llama is not None:
+            rate, count = tokens_per_second(llama, particles, steps, step_tokens, repeats)
+            print(f"{'LlamaCppLM':<28}{count:>8}{rate:>10.1f}")
+            llama.close()
+    print(f"ratio server / TransformersLM: {served_rate / local_rate:.3f}")
 
+
+main = click.Group(commands=[embedded_main, main])
 
 if __name__ == "__main__":
     main()

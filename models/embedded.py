@@ -58,6 +58,54 @@ def llama_server_command(
     return command
 
 
+def llama_cpp_server_path() -> Path:
+    """llama.cpp's C++ ``llama-server``: ``$PPLSCALE_LLAMA_SERVER``, else the one on ``PATH`` or
+    beside this Python (``scripts/build_llama_cpp.sh`` builds it; ``make test-integration``
+    links it into ``.venv/bin``)."""
+    named = os.environ.get("PPLSCALE_LLAMA_SERVER")
+    candidates = [named] if named else [shutil.which("llama-server")]
+    candidates.append(str(Path(sys.executable).parent / "llama-server"))
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return Path(candidate)
+    where = f"PPLSCALE_LLAMA_SERVER={named} is not an executable; " if named else ""
+    raise ModelNotInstalledError(
+        f"{where}llama.cpp's llama-server was not found: build it with "
+        "`scripts/build_llama_cpp.sh` (or `make test-integration`) and put its bin/ on PATH "
+        "or set PPLSCALE_LLAMA_SERVER to it"
+    )
+
+
+def llama_cpp_server_command(
+    port: int,
+    *,
+    host: str = "127.0.0.1",
+    slots: int = 4,
+    n_ctx: int = 2048,
+    threads: int | None = None,
+) -> list[str]:
+    """The command that serves the embedded model with llama.cpp's batching ``llama-server``.
+
+    ``slots`` requests are decoded together (continuous batching: a request
+    joins the running batch as soon as a slot frees), each slot keeps its
+    prompt's KV cache for the next request that shares the prefix, and the
+    slots share one KV cache of ``n_ctx`` tokens. ``threads`` sets the
+    decoding and batch threads (default: llama.cpp's choice).
+
+    Example:
+        >>> import subprocess  # doctest: +SKIP
+        >>> server = subprocess.Popen(llama_cpp_server_command(8000, slots=16))  # doctest: +SKIP
+        >>> lm = models.OpenAILM("http://127.0.0.1:8000/v1")  # doctest: +SKIP
+    """
+    command = [str(llama_cpp_server_path()), "--model", str(gguf_path()), "--alias", "smollm2"]
+    command += ["--host", host, "--port", str(port), "--ctx-size", str(n_ctx)]
+    command += ["--parallel", str(slots), "--cont-batching", "--kv-unified", "--slots"]
+    command += ["--metrics", "--no-webui"]
+    if threads is not None:
+        command += ["--threads", str(threads), "--threads-batch", str(threads)]
+    return command
+
+
 def cache_dir() -> Path:
     """Where converted models are kept: ``$PPLSCALE_CACHE``, else the user cache dir."""
     if os.environ.get("PPLSCALE_CACHE"):

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.llamacpp_probe import probe
 from models.token_lm import TokenLM, assign_slots, match_prefixes
 from ppl.errors import BackendError, InvalidArgumentError, ModelNotInstalledError
 from ppl.lm import Context, LMStats
@@ -69,6 +70,8 @@ class LlamaCppLM(TokenLM):
         path = Path(gguf_path)
         if not path.is_file():
             raise InvalidArgumentError(f"{path} is not a GGUF file")
+        # A build whose kernels this CPU cannot run dies in a child, not here.
+        probe(path)
         if tokenizer is None:
             from transformers import AutoTokenizer
 

@@ -80,6 +80,11 @@ class ServerProfile:
     with ``logprobs`` returns each prompt token's log-probability given the
     tokens before it. ``reports_eos``: a generated end-of-sequence token is
     listed, with its log-probability, among the returned tokens.
+    ``sends_stop``: stop strings are sent to the server; when False (a server
+    that drops the stop string's tokens and their log-probabilities from its
+    answer) the client cuts each completion after the token that completes a
+    stop string, which is exact (a token's log-probability depends only on the
+    tokens before it) at the cost of the tokens generated after the cut.
 
     Example:
         >>> replace(SERVERS["vllm"], logprobs="processed").logprobs
@@ -90,6 +95,7 @@ class ServerProfile:
     logprobs: str = "raw"
     echo_scoring: bool = True
     reports_eos: bool = True
+    sends_stop: bool = True
 
 
 _NO_PENALTIES = {"presence_penalty": 0.0, "frequency_penalty": 0.0}
@@ -122,6 +128,16 @@ SERVERS: dict[str, ServerProfile] = {
         echo_scoring=False,
         reports_eos=False,
     ),
+    # llama.cpp's C++ llama-server (parallel slots, continuous batching, prompt
+    # cache): token ids come with the log-probabilities; a stop string's tokens
+    # are dropped from the answer, so stops are applied by the client.
+    "llama.cpp": ServerProfile(
+        {"top_p": 1.0, "top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0, **_NO_PENALTIES},
+        logprobs="raw",
+        echo_scoring=False,
+        reports_eos=False,
+        sends_stop=False,
+    ),
 }
 
 
@@ -132,6 +148,7 @@ class OpenAIStats(LMStats):
     requests: int = 0
     retries: int = 0
     failed_requests: int = 0
+    peak_in_flight: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,10 +180,13 @@ class OpenAILM(LM):
     By default it is loaded from the served model's name when that is a local
     directory, a local GGUF file, or a model in the Hugging Face cache.
     ``server`` names a ``ServerProfile`` (``"vllm"``, ``"sglang"``,
-    ``"llama-cpp-python"``) or is one; ``"auto"`` reads it from the
+    ``"llama-cpp-python"``, ``"llama.cpp"``) or is one; ``"auto"`` reads it from the
     ``owned_by`` field of ``GET /models``. ``logprobs`` overrides the
     profile's log-probability mode. ``sampling`` adds request fields (they override
-    the profile's). ``timeout`` is per request in seconds; a request is tried
+    the profile's). ``max_concurrency`` bounds the requests in flight; by default
+    it is twice the server's slots where the server reports them (llama.cpp's
+    ``GET /props``), so a slot that frees finds a request already queued, and
+    64 otherwise. ``timeout`` is per request in seconds; a request is tried
     ``1 + retries`` times, waiting ``backoff * 2**attempt`` seconds (with
     jitter) between tries.
 
@@ -193,7 +213,7 @@ class OpenAILM(LM):
         eos_token_ids: Sequence[int] | None = None,
         api_key: str | None = None,
         sampling: Mapping[str, object] | None = None,
-        max_concurrency: int = 16,
+        max_concurrency: int | None = None,
         timeout: float = 60.0,
         retries: int = 3,
         backoff: float = 0.5,
@@ -205,7 +225,9 @@ class OpenAILM(LM):
             )
         if logprobs not in (None, "raw", "processed"):
             raise InvalidArgumentError(f"logprobs must be 'raw' or 'processed', got {logprobs!r}")
-        if not (isinstance(max_concurrency, int) and max_concurrency >= 1):
+        if max_concurrency is not None and not (
+            isinstance(max_concurrency, int) and max_concurrency >= 1
+        ):
             raise InvalidArgumentError(
                 f"max_concurrency must be a positive int, got {max_concurrency!r}"
             )
@@ -248,13 +270,14 @@ class OpenAILM(LM):
         self._thread: threading.Thread | None = None
         self._client: httpx.AsyncClient | None = None
         self._semaphore: asyncio.Semaphore | None = None
+        self._in_flight = 0
         self._jitter = random.Random()
 
     # A client pickles without its connection (e.g. to Ray workers) and
     # reconnects on first use.
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for name in ("_loop", "_thread", "_client", "_semaphore", "_jitter"):
+        for name in ("_loop", "_thread", "_client", "_semaphore", "_in_flight", "_jitter"):
             state.pop(name)
         return state
 
@@ -428,6 +451,8 @@ class OpenAILM(LM):
     def _ensure_client(self) -> httpx.AsyncClient:
         if self._client is None:
             headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            if self.max_concurrency is None:
+                self.max_concurrency = _default_concurrency(self.base_url, headers)
             self._client = httpx.AsyncClient(
                 base_url=self.base_url,
                 headers=headers,
@@ -450,10 +475,15 @@ class OpenAILM(LM):
             self.stats.requests += 1
             try:
                 async with self._semaphore:
-                    if body is None:
-                        response = await client.get(path)
-                    else:
-                        response = await client.post(path, json=body)
+                    self._in_flight += 1
+                    self.stats.peak_in_flight = max(self.stats.peak_in_flight, self._in_flight)
+                    try:
+                        if body is None:
+                            response = await client.get(path)
+                        else:
+                            response = await client.post(path, json=body)
+                    finally:
+                        self._in_flight -= 1
             except httpx.TimeoutException:
                 error = ServerUnavailable(f"{url} did not answer within {self.timeout:g} s")
                 continue
@@ -542,7 +572,7 @@ class OpenAILM(LM):
             fields["top_k"] = request.top_k
         if request.top_p is not None:
             fields["top_p"] = request.top_p
-        if request.stop:
+        if request.stop and self.server.sends_stop:
             fields["stop"] = list(request.stop)
         answer = await self._post("/completions", self._body(prompt, request.context, **fields))
         sample = self._parse_sample(answer, request)
@@ -560,9 +590,7 @@ class OpenAILM(LM):
             choice = answer["choices"][0]
             server_text = choice["text"]
             finish_reason = choice.get("finish_reason")
-            logprobs = choice["logprobs"]
-            pieces = list(logprobs["tokens"])
-            values = [float(v) for v in logprobs["token_logprobs"]]
+            pieces, values = _token_logprobs(choice["logprobs"])
         except (KeyError, IndexError, TypeError, ValueError) as error:
             raise BadResponse(
                 f"completion answer without choices[0].text/logprobs ({error!r}): "
@@ -575,6 +603,10 @@ class OpenAILM(LM):
         if any(math.isnan(v) or v > 1e-4 for v in values):
             raise BadResponse(f"invalid token log-probabilities from the server: {values}")
         ids = [self._piece_to_id(p) for p in pieces]
+        if not self.server.sends_stop and all(i is not None for i in ids):
+            ids, values = self._cut_at_stop(ids, values, request.stop)
+            pieces = pieces[: len(ids)]
+            server_text = self.decode(ids)
         text = None
         if all(i is not None for i in ids):
             token_ids = tuple(ids)
@@ -600,6 +632,15 @@ class OpenAILM(LM):
                 "it (vLLM, SGLang)"
             )
         return _Sample(token_ids, text, values, finished)
+
+    def _cut_at_stop(self, ids: list[int], values: list[float], stop: tuple[str, ...]):
+        """Tokens up to the first that ends the step: an end-of-sequence or a stop string's end."""
+        for k, token in enumerate(ids):
+            if token in self.eos_token_ids or (
+                stop and any(s in self.decode(ids[: k + 1]) for s in stop)
+            ):
+                return ids[: k + 1], values[: k + 1]
+        return ids, values
 
     async def _score_all(self, requests: Sequence[ScoreRequest]) -> list:
         return await asyncio.gather(*(self._score_one(r) for r in requests), return_exceptions=True)
@@ -643,7 +684,31 @@ class OpenAILM(LM):
 
 
 # ``owned_by`` in ``GET /models`` answers, by server family.
-_OWNERS = {"vllm": "vllm", "sglang": "sglang", "me": "llama-cpp-python"}
+_OWNERS = {"vllm": "vllm", "sglang": "sglang", "me": "llama-cpp-python", "llamacpp": "llama.cpp"}
+
+
+def _default_concurrency(base_url: str, headers: dict) -> int:
+    """Twice the server's slots when it reports them (llama.cpp's ``/props``), else 64."""
+    try:
+        answer = httpx.get(base_url.removesuffix("/v1") + "/props", headers=headers, timeout=5)
+        return max(2 * int(answer.json()["total_slots"]), 1)
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return 64
+
+
+def _token_logprobs(logprobs: dict) -> tuple[list[str], list[float]]:
+    """Token pieces and log-probabilities from either answer format.
+
+    The completions format has ``tokens`` and ``token_logprobs``; llama.cpp's
+    server answers in the chat format, a ``content`` list of ``{id, token,
+    logprob}``, whose ids become ``token_id:`` pieces (exact token ids).
+    """
+    if "content" in logprobs:
+        entries = logprobs["content"]
+        return [f"{_TOKEN_ID_PREFIX}{e['id']}" for e in entries], [
+            float(e["logprob"]) for e in entries
+        ]
+    return list(logprobs["tokens"]), [float(v) for v in logprobs["token_logprobs"]]
 
 
 def _server_of(owner: str | None, base_url: str) -> str:
