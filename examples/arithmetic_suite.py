@@ -5,7 +5,7 @@ newest line through ``ppl.memo`` (replayed, never recomputed): 1 when every
 ``a op b = c`` in it holds, ``error_rate`` otherwise, and the score enters as
 a ``log p`` factor. Importance sampling, SMC and beam search then prefer
 solutions whose arithmetic holds. This is the program ``ppl bench`` runs on
-``ppl.cli.tasks.arithmetic`` in ``bench/README.md``.
+``ppl.tasks.arithmetic`` in ``bench/README.md``.
 
 Run: ``python examples/arithmetic_suite.py --problems 3 --particles 4``
 """
@@ -46,7 +46,9 @@ def solve(lm, question: str, max_lines: int = 3):
     chat = ppl.Chat(f"{INSTRUCTIONS}\n\nQuestion: {question}")
     lines: list[str] = []
     for i in range(max_lines):
-        line = ppl.step(f"line_{i}", lm, chat, stop=("\n",), max_tokens=24, temperature=0.7)
+        line = ppl.step(
+            f"line_{i}", lm, chat, stop=("\n",), max_tokens=24, temperature=0.7, top_k=50
+        )
         chat = chat + line
         lines.append(line)
         calculator.factor(f"calculator_{i}", question, lines)
