@@ -285,7 +285,7 @@ def run_problems(
     calls, wall time runs from the problem's admission).
 
     Example:
-        >>> problems = [Problem(solve, (lm, q), seed=k) for k, q in enumerate(questions)]
+        >>> problems = [Problem(solve, (lm, q), seed=k) for k, q in enumerate(qs)]  # doctest: +SKIP
         >>> posts = run_problems("smc", problems, num_particles=16)  # doctest: +SKIP
     """
     from inference.resampling import get_resampler

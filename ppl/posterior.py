@@ -64,7 +64,7 @@ class Posterior:
     Example:
         >>> post = ppl.smc(coin, num_particles=64, seed=0)
         >>> {a: round(p, 3) for a, p in post.answer_distribution().items()}, post.log_evidence
-        ({0: 0.719, 1: 0.281}, 0.0)
+        ({0: 0.578, 1: 0.422}, 0.0)
     """
 
     def __init__(
@@ -312,7 +312,7 @@ class Posterior:
             >>> import arviz as az
             >>> post = ppl.run("smc", coin, num_runs=4, num_particles=32, seed=0)
             >>> az.rhat(post.to_arviz())["answer_indicator"].values.round(3)
-            array([0.996, 0.996])
+            array([0.993, 0.993])
         """
         return to_inference_data(self, seed=seed)
 
