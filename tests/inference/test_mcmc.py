@@ -293,7 +293,7 @@ def lm_sampler_target():
 @pytest.mark.parametrize(
     ("engine", "options"),
     [
-        ("mh", {"num_steps": 900, "burn_in": 100, "num_chains": 16, "proposal": "rescore"}),
+        ("mh", {"num_steps": 1500, "burn_in": 150, "num_chains": 16, "proposal": "rescore"}),
         (
             "particle_gibbs",
             {
