@@ -14,6 +14,7 @@ a function-level import is how a cycle hides. Imports under
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import subprocess
 import sys
@@ -74,6 +75,27 @@ def imports(path: Path) -> set[str]:
     return found
 
 
+@functools.cache
+def import_table() -> dict[str, list[str]]:
+    """Every source file's imports, parsed in a fresh interpreter.
+
+    CPython 3.11's ``ast.parse`` can fail with "AST constructor recursion depth
+    mismatch" once other tests have run in the same process.
+    """
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); import test_layers as t; "
+        "print(json.dumps({str(p): sorted(t.imports(p)) for p in t.source_files()}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(Path(__file__).parent)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    return json.loads(done.stdout)
+
+
 def source_files() -> list[Path]:
     return sorted(p for package in PACKAGES for p in (ROOT / package).rglob("*.py"))
 
@@ -83,7 +105,7 @@ def first_party_graph() -> nx.DiGraph:
     graph = nx.DiGraph()
     for name, path in modules.items():
         graph.add_node(name)
-        for imported in imports(path):
+        for imported in import_table()[str(path)]:
             if imported in modules and imported != name:
                 graph.add_edge(name, imported)
     return graph
@@ -104,7 +126,7 @@ def test_only_the_application_imports_click_matplotlib_and_tqdm():
         f"{module_name(path)} imports {name}"
         for path in source_files()
         if layer(module_name(path)) != "application"
-        for name in imports(path)
+        for name in import_table()[str(path)]
         if name.split(".")[0] in APPLICATION_ONLY
     )
     assert not offending, "\n".join(offending)
