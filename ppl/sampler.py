@@ -48,10 +48,6 @@ class Sampler:
         """Whether this is the model itself (temperature 1, no truncation)."""
         return self.temperature == 1.0 and self.top_k is None and self.top_p is None
 
-    @property
-    def truncates(self) -> bool:
-        return self.top_k is not None or self.top_p is not None
-
 
 def check_sampler(temperature, top_k, top_p) -> None:
     """Raise ``InvalidArgumentError`` for settings that define no distribution.
