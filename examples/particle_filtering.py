@@ -28,31 +28,17 @@ Run: ``python examples/particle_filtering.py --problems 3 --particles 8``
 from __future__ import annotations
 
 import click
+from arithmetic_suite import INSTRUCTIONS, line_check
 
 import ppl
-from models.verifiers import ProgrammaticVerifier, calculator_check, equations
+from models.verifiers import ProgrammaticVerifier
 from ppl.answers import extract_answer
 from ppl.cli.tasks import arithmetic
 
-INSTRUCTIONS = (
-    "Solve the problem with one calculation per line, then give the result "
-    "on a line 'Answer: N'. Example:\n"
-    "Question: What is 2 + 5?\n2 + 5 = 7\nAnswer: 7"
-)
-WRONG_STEP_REWARD = 0.05
 POTENTIALS = ("latest", "product")
-
-
-def step_reward(question: str, lines: tuple[str, ...]) -> float:
-    """Reward of the newest line: 1 when its equations hold, else ``WRONG_STEP_REWARD``.
-
-    Example:
-        >>> step_reward("", ("2 + 5 = 7\\n",)), step_reward("", ("2 + 5 = 8\\n",))
-        (1.0, 0.05)
-    """
-    ok = all(calculator_check(*equation) for equation in equations(lines[-1]))
-    return 1.0 if ok else WRONG_STEP_REWARD
-
+# The same prompt and step reward as the suite: 1 when the newest line's
+# equations hold, else 0.05.
+step_reward = line_check
 
 reward = ProgrammaticVerifier(step_reward, level="step", aggregate="last")
 
