@@ -22,13 +22,8 @@ demo: $(STAMP)
 
 # Passive OpenMP waiting: spinning threads stall badly when the machine is shared.
 # The docstring examples of the packages run too (objects they use: conftest.py).
-# Known failure, left visible here until fixed: with ess_threshold=0.5 the resample-move
-# run on the particle runtime records no resampling in 150 runs.
-KNOWN_UNIT_FAILURES := \
-  --deselect "tests/inference/test_mcmc.py::test_resample_move_smc_matches_enumeration[0.5]"
 test: $(STAMP)
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q --doctest-modules tests ppl inference models \
-	  $(KNOWN_UNIT_FAILURES)
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q --doctest-modules tests ppl inference models
 
 # Integration tier: the llama.cpp backend, OpenAILM against real servers (llama.cpp's
 # batching llama-server and llama-cpp-python's), and Ray executors on a local cluster.

@@ -174,7 +174,9 @@ def test_particle_gibbs_matches_enumeration(ancestor_sampling):
     assert_chains_match(posterior, exact_branching())
 
 
-@pytest.mark.parametrize("ess_threshold", [1.0, 0.5])
+# At 0.8 about one round in six resamples: the ESS of this program's 12 particles
+# rarely falls below 6, since its twist leaves the weights of finished particles.
+@pytest.mark.parametrize("ess_threshold", [1.0, 0.8])
 def test_resample_move_smc_matches_enumeration(ess_threshold):
     exact = exact_branching()
     log_z = math.log(sum(math.exp(p + f) for _, p, f, _ in branching_states()))
