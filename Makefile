@@ -35,12 +35,6 @@ LLAMA_CPP_DIR = $(shell PYTHON=$(BIN)/python scripts/build_llama_cpp.sh --print-
 INTEGRATION_TESTS := tests/models/test_llama_server.py tests/models/test_llamacpp_probe.py \
   tests/models/test_openai_server.py tests/cli/test_executors.py tests/models/test_openai_lm.py \
   tests/models/test_llamacpp.py
-# Known failures since steps join a running batch, left visible here until fixed:
-# llama.cpp feeds one token more than the bound of the fork test (29 for 28), and with
-# the per-particle streams 8 particles of the server SMC test can all be rejected.
-KNOWN_FAILURES := \
-  --deselect tests/models/test_llamacpp.py::test_forks_share_the_prompt_and_resampling_recomputes_nothing \
-  --deselect tests/models/test_openai_server.py::test_smc_through_the_server_and_locally_target_the_same_posterior
 test-integration: $(STAMP)
 	PYTHON=$(BIN)/python CMAKE_BUILD_PARALLEL_LEVEL=2 nice scripts/build_llama_cpp.sh
 	# Always the portable wheel, even over a native build of the same version.
@@ -48,7 +42,7 @@ test-integration: $(STAMP)
 	$(BIN)/pip install -q --find-links $(LLAMA_CPP_DIR) 'llama-cpp-python[server]==0.3.36' 'ray>=2.40'
 	ln -sf $(LLAMA_CPP_DIR)/bin/llama-server $(BIN)/llama-server
 	PPLSCALE_REQUIRE_INTEGRATION=1 PPLSCALE_LLAMA_SERVER=$(LLAMA_CPP_DIR)/bin/llama-server \
-	  OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q $(INTEGRATION_TESTS) $(KNOWN_FAILURES)
+	  OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q $(INTEGRATION_TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check . && $(BIN)/ruff check .

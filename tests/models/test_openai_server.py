@@ -156,22 +156,26 @@ def words_without_e(lm, prompt):
 
 
 def test_smc_through_the_server_and_locally_target_the_same_posterior(lm, reference):
-    through_server = ppl.smc(words_without_e, lm, PROMPT, num_particles=8, seed=0)
-    local = ppl.smc(words_without_e, reference, PROMPT, num_particles=8, seed=0)
+    through_server = ppl.smc(words_without_e, lm, PROMPT, num_particles=16, seed=0)
+    local = ppl.smc(words_without_e, reference, PROMPT, num_particles=16, seed=0)
     for posterior in (through_server, local):
         assert not posterior.is_empty
         live = [w for w in posterior.log_weights if w > -math.inf]
         assert live and all(math.isfinite(w) for w in live)
         for answer in posterior.answer_distribution():
             assert answer.startswith(PROMPT) and "e" not in answer[len(PROMPT) :].lower()
-    # Every step the server drew is a step of the local model with (nearly) the same log p.
-    pairs = []
+    # Every step the server drew is a step of the local model with (nearly) the same
+    # log p. Resampled copies share steps: each distinct step counts once.
+    steps = {}
     for trace in through_server.particles:
         text = PROMPT
         for site in trace.steps:
-            (score,) = reference.score_steps([ppl.ScoreRequest(text, site.value.token_ids)])
-            pairs.append((site.value.logp, score, len(site.value.token_ids)))
+            steps[text, site.value.token_ids] = site.value.logp
             text += site.value
+    pairs = [
+        (logp, reference.score_steps([ppl.ScoreRequest(text, token_ids)])[0], len(token_ids))
+        for (text, token_ids), logp in steps.items()
+    ]
     assert_close_to_model(pairs)
     assert through_server.cost.tokens_generated > 0
 
