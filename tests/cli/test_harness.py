@@ -16,10 +16,12 @@ from tiny import make_tiny_lm
 import ppl
 from models import TransformersLM
 from ppl.cli.bench.command import bench
-from ppl.cli.bench.engines import load_verifier, run_seed
+from ppl.cli.bench.engines import ceilings, load_verifier, run_seed
 from ppl.cli.loading import load_target
-from ppl.cli.tasks import arithmetic, load_jsonl
+from ppl.cli.tasks import Problem, Task, arithmetic, load_jsonl
 from ppl.intervals import wilson_interval
+from ppl.posterior import Posterior
+from ppl.trace import Site, Trace
 
 QUESTIONS = ["ab", "ba", "cab", "abc", "bca", "aab", "cc", "bb", "ca", "ac"]
 PROGRAM = """
@@ -259,3 +261,80 @@ def test_dvts_runs_budget_over_expansions_subtrees(setup, tmp_path):
         assert run["answers"] == {"dvts": task.canonical(direct.best_of_n_answer())}
         # Two rounds of two subtrees times two children, one token each.
         assert run["tokens_generated"] == direct.cost.tokens_generated == 2 * 4
+
+
+def test_coverage_and_verified_coverage_bound_every_selection(setup, tmp_path):
+    out = tmp_path / "out"
+    verifier = f"{setup / 'program.py'}:verifier"
+    methods = "importance,majority,best_of_n,weighted_majority,smc,particle_filtering"
+    result = invoke(setup, out, "--verifier", verifier, methods=methods, budgets="4")
+    assert result.exit_code == 0, result.output
+    assert "coverage" in result.output and "verified" in result.output
+    task = load_jsonl(setup / "task.jsonl")
+    program = load_target(f"{setup / 'program.py'}:guess")
+    scorer = load_verifier(verifier, None)
+    lm = TransformersLM.from_pretrained(str(setup / "model"))
+    engines = {
+        "importance": lambda q, s: ppl.importance(program, lm, q, num_particles=4, seed=s),
+        "smc": lambda q, s: ppl.smc(program, lm, q, num_particles=4, seed=s),
+        "particle_filtering": lambda q, s: ppl.smc(
+            program, lm, q, num_particles=4, ess_threshold=1.0, seed=s
+        ),
+    }
+    expected = defaultdict(list)
+    for run in read_runs(out):
+        index, problem = next((i, p) for i, p in enumerate(task) if p.id == run["problem"])
+        posterior = engines[run["engine"]](problem.question, run_seed(0, 0, index))
+        scores = scorer.score_batch(
+            [(problem.question, [s.value for s in t.steps]) for t in posterior.particles]
+        )
+        alive = [i for i, w in enumerate(posterior.log_weights) if w > -np.inf]
+        right = [i for i in alive if task.is_correct(problem, task.canonical(posterior.answers[i]))]
+        assert run["coverage"] == bool(right)
+        assert run["verified_coverage"] == any(scores[i] >= 0.5 for i in right)
+        # No rule that picks a surviving particle's answer beats coverage on a problem.
+        assert all(run["coverage"] or not correct for correct in run["correct"].values())
+        expected[run["engine"]].append((run["coverage"], run["verified_coverage"]))
+    rows = {r["method"]: r for r in read_csv(out / "results.csv")}
+    assert set(rows) == set(methods.split(","))
+    for method, row in rows.items():
+        engine = (
+            "importance" if method in ("majority", "best_of_n", "weighted_majority") else method
+        )
+        coverage, verified = np.mean(expected[engine], axis=0)
+        assert float(row["coverage"]) == pytest.approx(coverage)
+        assert float(row["verified_coverage"]) == pytest.approx(verified)
+        assert float(row["accuracy"]) <= float(row["coverage"]) + 1e-9
+        assert float(row["verified_coverage"]) <= float(row["coverage"])
+
+
+@pytest.mark.parametrize(
+    ("scores", "log_weights", "expected"),
+    [
+        # The right particle 0 is rejected; the accepted right particle 2 has weight zero.
+        ([0.2, 0.9, 0.9], [0.0, 0.0, -np.inf], (True, False)),
+        ([0.6, 0.1, 0.0], [0.0, 0.0, -np.inf], (True, True)),
+        ([0.9, 0.9, 0.9], [-np.inf, 0.0, 0.0], (True, True)),
+        ([0.9, 0.9, 0.9], [-np.inf, 0.0, -np.inf], (False, False)),
+        (None, [0.0, 0.0, 0.0], (True, None)),
+    ],
+)
+def test_ceilings_count_surviving_right_and_accepted_particles(scores, log_weights, expected):
+    task = Task("t", (Problem("p", "q", ("a",)),))
+    answers = ["a", "b", "a"]
+    posterior = Posterior(
+        [Trace((Site("answer", "answer", a),)) for a in answers], np.array(log_weights)
+    )
+    found = ceilings(posterior, answers, scores, task, task.problems[0])
+    assert (found["coverage"], found["verified_coverage"]) == expected
+
+
+def test_coverage_is_missing_without_a_verifier(setup, tmp_path):
+    out = tmp_path / "out"
+    result = invoke(setup, out, methods="importance", budgets="2")
+    assert result.exit_code == 0, result.output
+    (row,) = read_csv(out / "results.csv")
+    assert 0 <= float(row["coverage"]) <= 1 and row["verified_coverage"] == "nan"
+    runs = read_runs(out)
+    assert all(isinstance(run["coverage"], bool) for run in runs)
+    assert all(run["verified_coverage"] is None for run in runs)

@@ -301,6 +301,8 @@ def _run_one(engine, budget, s, index, problem, task, config, program, lm, score
         "external_verifier_calls": verifier_cost["verifier_calls"],
         "verifier_tokens_scored": verifier_cost["verifier_tokens_scored"],
         "verifier_seconds": verifier_cost["verifier_seconds"],
+        "coverage": verifier_cost["coverage"],
+        "verified_coverage": verifier_cost["verified_coverage"],
         "wall_seconds": time.perf_counter() - started - verifier_cost["verifier_seconds"],
     }
 
@@ -314,13 +316,15 @@ def _key(engine: str, budget: int, seed: int, problem: Problem) -> str:
 def _print_table(rows, computed: int, reused: int, num_problems: int, out: Path) -> None:
     click.echo(f"{computed} runs computed, {reused} reused; {num_problems} problems")
     click.echo(
-        f"{'method':<18} {'budget':>6} {'accuracy':>8}  {'95% CI':<15} {'tokens/problem':>14}"
+        f"{'method':<18} {'budget':>6} {'accuracy':>8}  {'95% CI':<15} {'tokens/problem':>14} "
+        f"{'coverage':>8} {'verified':>8}"
     )
     for row in rows:
         interval = f"[{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
         click.echo(
             f"{row['method']:<18} {row['budget']:>6} {row['accuracy']:>8.3f}  {interval:<15} "
-            f"{row['tokens_generated_per_problem']:>14.1f}"
+            f"{row['tokens_generated_per_problem']:>14.1f} {row['coverage']:>8.3f} "
+            f"{row['verified_coverage']:>8.3f}"
         )
     click.echo(f"wrote results.csv, results.json, accuracy.png to {out}")
 

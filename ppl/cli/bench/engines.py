@@ -2,11 +2,16 @@
 
 A method reads its prediction from one engine run, so methods that read the
 same engine share its runs (``importance``, ``majority``, ``best_of_n`` and
-``weighted_majority`` all read one importance run).
+``weighted_majority`` all read one importance run). Each run also records two
+ceilings: coverage (pass@N: some surviving particle is right), which bounds
+the accuracy of any rule that selects among the particles, and, with a
+verifier, verified coverage (some surviving particle is right and accepted),
+which bounds that of any verifier-guided rule.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,10 +32,14 @@ METHODS = {
     "best_of_n": "importance",
     "weighted_majority": "importance",
     "smc": "smc",
+    "particle_filtering": "particle_filtering",
     "beam": "beam",
     "dvts": "dvts",
 }
 VERIFIER_METHODS = ("best_of_n", "weighted_majority")
+# Runs that are a registered engine with fixed settings: particle filtering as in
+# Puri et al. 2025 and its_hub resamples after every step.
+ENGINE_PRESETS = {"particle_filtering": ("smc", {"ess_threshold": 1.0})}
 
 
 def load_verifier(spec: str | None, lm):
@@ -70,9 +79,11 @@ def run_engine(
     ``expansions`` ways and rank traces by the verifier's score when there is
     a verifier, else by their likelihood.
     """
-    spec = get_engine(engine)
+    name, settings = ENGINE_PRESETS.get(engine, (engine, {}))
+    spec = get_engine(name)
     if spec.exact:
-        return spec.fn(program, lm, question, **{spec.size_parameter: budget}, seed=seed)
+        size = {spec.size_parameter: budget}
+        return spec.fn(program, lm, question, **size, **settings, seed=seed)
     score = verifier.trace_scorer(question) if verifier is not None else "likelihood"
     num_expansions = min(expansions, budget)
     width = max(1, budget // num_expansions)
@@ -97,24 +108,14 @@ def predictions(
         posterior.log_weights,
     )
     views: dict[str, Callable[[], Any]]
-    cost = {"verifier_calls": 0, "verifier_tokens_scored": 0, "verifier_seconds": 0.0}
+    scores, cost = _verifier_scores(posterior, problem, verifier)
     if engine == "importance":
         views = {"importance": view.map_answer, "majority": view.majority_answer}
-        if verifier is not None:
-            started, calls = time.perf_counter(), verifier.calls
-            scored_before = _tokens_scored(verifier)
-            scores = verifier.score_batch(
-                [(problem.question, [s.value for s in t.steps]) for t in posterior.particles]
-            )
-            cost = {
-                "verifier_calls": verifier.calls - calls,
-                "verifier_tokens_scored": _tokens_scored(verifier) - scored_before,
-                "verifier_seconds": time.perf_counter() - started,
-            }
+        if scores is not None:
             views["best_of_n"] = lambda: view.best_of_n_answer(scores)
             views["weighted_majority"] = lambda: view.weighted_majority_answer(scores)
-    elif engine == "smc":
-        views = {"smc": view.map_answer}
+    elif engine in ("smc", "particle_filtering"):
+        views = {engine: view.map_answer}
     else:
         views = {engine: view.best_of_n_answer}
     answers = {}
@@ -123,7 +124,40 @@ def predictions(
             answers[method] = read()
         except EmptyPosteriorError:
             answers[method] = None
-    return answers, cost
+    return answers, {**cost, **ceilings(posterior, canonical, scores, task, problem)}
+
+
+def _verifier_scores(posterior: Posterior, problem: Problem, verifier):
+    """The verifier's score of every particle's steps, and what scoring them cost."""
+    if verifier is None:
+        return None, {"verifier_calls": 0, "verifier_tokens_scored": 0, "verifier_seconds": 0.0}
+    started, calls = time.perf_counter(), verifier.calls
+    scored_before = _tokens_scored(verifier)
+    scores = verifier.score_batch(
+        [(problem.question, [s.value for s in t.steps]) for t in posterior.particles]
+    )
+    return scores, {
+        "verifier_calls": verifier.calls - calls,
+        "verifier_tokens_scored": _tokens_scored(verifier) - scored_before,
+        "verifier_seconds": time.perf_counter() - started,
+    }
+
+
+def ceilings(posterior: Posterior, canonical, scores, task: Task, problem: Problem) -> dict:
+    """Coverage (some surviving particle is right) and, given verifier ``scores``,
+    verified coverage (some surviving particle is right and scores at least 0.5).
+
+    Example:
+        >>> task = Task("t", (Problem("p", "q", ("a",)),))
+        >>> posterior = Posterior(
+        ...     [Trace((Site("answer", "answer", a),)) for a in "aba"], [0.0, 0.0, -math.inf])
+        >>> ceilings(posterior, list("aba"), [0.2, 0.9, 0.9], task, task.problems[0])
+        {'coverage': True, 'verified_coverage': False}
+    """
+    alive = [i for i, w in enumerate(posterior.log_weights) if w > -math.inf]
+    right = [i for i in alive if task.is_correct(problem, canonical[i])]
+    verified = None if scores is None else any(scores[i] >= 0.5 for i in right)
+    return {"coverage": bool(right), "verified_coverage": verified}
 
 
 def _tokens_scored(verifier) -> int:

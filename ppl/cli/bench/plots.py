@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -17,6 +19,7 @@ def accuracy_figure(rows: list[dict], title: str) -> bytes:
     FigureCanvasAgg(figure)
     by_budget, by_tokens = figure.subplots(1, 2, sharey=True)
     methods = list(dict.fromkeys(r["method"] for r in rows))
+    drawn: set[tuple] = set()
     for index, method in enumerate(methods):
         series = sorted((r for r in rows if r["method"] == method), key=lambda r: r["budget"])
         accuracy = np.array([r["accuracy"] for r in series])
@@ -32,6 +35,7 @@ def accuracy_figure(rows: list[dict], title: str) -> bytes:
         tokens = [max(r["tokens_generated_per_problem"], 1e-9) for r in series]
         by_budget.errorbar(budgets, accuracy, yerr=errors, marker="o", capsize=3, label=method)
         by_tokens.errorbar(tokens, accuracy, yerr=errors, marker="o", capsize=3, label=method)
+        _plot_ceilings(by_budget, budgets, series, method, f"C{index % 10}", drawn)
     by_budget.set_xscale("log", base=2)
     by_budget.set_xlabel("budget (particles; beam, dvts: children per round)")
     by_tokens.set_xscale("log")
@@ -42,6 +46,19 @@ def accuracy_figure(rows: list[dict], title: str) -> bytes:
     figure.suptitle(title)
     figure.tight_layout()
     return png_bytes(figure, dpi=110)
+
+
+def _plot_ceilings(axes, budgets, series: list[dict], method: str, color, drawn: set) -> None:
+    """Coverage (dashed) and verified coverage (dotted), once per distinct curve: methods
+    that read one engine run share its particles and so its ceilings."""
+    for field, style in (("coverage", "--"), ("verified_coverage", ":")):
+        values = [r.get(field, math.nan) for r in series]
+        key = (field, tuple(r["budget"] for r in series), tuple(values))
+        if all(math.isnan(v) for v in values) or key in drawn:
+            continue
+        drawn.add(key)
+        label = f"{method} {field.replace('_', ' ')}"
+        axes.plot(budgets, values, linestyle=style, marker="_", color=color, alpha=0.6, label=label)
 
 
 def scaling_law_figure(

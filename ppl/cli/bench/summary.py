@@ -67,6 +67,8 @@ def summarize(
                     + (_mean(cell, "external_verifier_calls") if verifier_cost else 0.0),
                     "wall_seconds_per_problem": _mean(cell, "wall_seconds")
                     + (_mean(cell, "verifier_seconds") if verifier_cost else 0.0),
+                    "coverage": _ceiling(cell, "coverage"),
+                    "verified_coverage": _ceiling(cell, "verified_coverage"),
                     "accuracy_per_seed": [float(np.mean(per_seed[s])) for s in sorted(per_seed)],
                 }
             )
@@ -75,6 +77,16 @@ def summarize(
 
 def _mean(records: list[dict], field: str) -> float:
     return float(np.mean([r[field] for r in records])) if records else math.nan
+
+
+def _ceiling(records: list[dict], field: str) -> float:
+    """A ceiling averaged over seeds per problem, then over problems; nan where unrecorded
+    (verified coverage without a verifier, or runs stored before ceilings were recorded)."""
+    per_problem: dict[str, list[float]] = defaultdict(list)
+    for r in records:
+        if r.get(field) is not None:
+            per_problem[r["problem"]].append(float(r[field]))
+    return float(np.mean([np.mean(v) for v in per_problem.values()])) if per_problem else math.nan
 
 
 def write_outputs(out: Path, config, rows: list[dict], title: str) -> None:
