@@ -43,6 +43,7 @@ zero), the failure is appended to ``OpenAILM.failures`` and counted in
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import math
 import random
 import threading
@@ -53,6 +54,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from models.server_slots import ServerSlots
 from models.token_lm import TokenLM
 from ppl.errors import (
     BackendError,
@@ -169,7 +171,7 @@ class _Sample:
     finished: bool
 
 
-class OpenAILM(LM):
+class OpenAILM(LM, ServerSlots):
     """A model served over an OpenAI-compatible ``/v1/completions`` endpoint.
 
     ``base_url`` ends with ``/v1`` (as for the OpenAI client); ``model`` is the
@@ -188,7 +190,9 @@ class OpenAILM(LM):
     ``GET /props``), so a slot that frees finds a request already queued, and
     64 otherwise. ``timeout`` is per request in seconds; a request is tried
     ``1 + retries`` times, waiting ``backoff * 2**attempt`` seconds (with
-    jitter) between tries.
+    jitter) between tries. Engines send each particle's step as soon as the
+    particle is ready (``models.server_slots``), so the server's continuous
+    batching keeps its slots busy.
 
     Example:
         >>> lm = OpenAILM("http://127.0.0.1:8000/v1", "Qwen/Qwen2.5-7B-Instruct",  # doctest: +SKIP
@@ -272,12 +276,16 @@ class OpenAILM(LM):
         self._semaphore: asyncio.Semaphore | None = None
         self._in_flight = 0
         self._jitter = random.Random()
+        self._reset_slots()
 
     # A client pickles without its connection (e.g. to Ray workers) and
     # reconnects on first use.
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for name in ("_loop", "_thread", "_client", "_semaphore", "_in_flight", "_jitter"):
+        for name in (
+            *("_loop", "_thread", "_client", "_semaphore", "_in_flight", "_jitter"),
+            *("_requests", "_next_ticket", "_answered"),
+        ):
             state.pop(name)
         return state
 
@@ -360,14 +368,15 @@ class OpenAILM(LM):
         results = []
         for prompt, outcome in zip(prompts, outcomes, strict=True):
             if isinstance(outcome, BaseException):
-                self.stats.failed_requests += 1
-                self.failures.append(
-                    RequestFailure(prompt[-200:], f"{type(outcome).__name__}: {outcome}")
-                )
+                self._fail(prompt, outcome)
                 results.append(StepResult("", (), -math.inf, 0.0, True))
             else:
                 results.append(outcome)
         return results
+
+    def _fail(self, prompt: str, error: BaseException) -> None:
+        self.stats.failed_requests += 1
+        self.failures.append(RequestFailure(prompt[-200:], f"{type(error).__name__}: {error}"))
 
     def score_steps(self, requests: Sequence[ScoreRequest]) -> list[float]:
         """Log-probability of each continuation by ``echo`` (the model itself); raises on error."""
@@ -440,13 +449,17 @@ class OpenAILM(LM):
     # --- requests -------------------------------------------------------------
     def _run(self, coroutine):
         """Run ``coroutine`` on the client's own event loop (a daemon thread)."""
+        return self._submit_coroutine(coroutine).result()
+
+    def _submit_coroutine(self, coroutine) -> concurrent.futures.Future:
+        """Schedule ``coroutine`` on the client's own event loop, started on first use."""
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
             self._thread = threading.Thread(
                 target=self._loop.run_forever, name="OpenAILM", daemon=True
             )
             self._thread.start()
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
     def _ensure_client(self) -> httpx.AsyncClient:
         if self._client is None:

@@ -4,8 +4,9 @@ It answers as vLLM does (stop strings cut from ``text`` but their tokens kept
 in ``logprobs``, end-of-sequence tokens listed, ``echo`` with prompt
 log-probabilities, ``return_tokens_as_token_ids``), with the model's or the
 proposal's log-probabilities, so ``OpenAILM`` can be checked exactly against
-the model behind it. Faults are switched on per server: a delay, a queue of
-error statuses, prompts that always fail or get malformed JSON.
+the model behind it. Faults are switched on per server: a delay, prompts
+answered late, a queue of error statuses, prompts that always fail or get
+malformed JSON.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class ReferenceServer:
         self.lm = lm
         self.logprobs = logprobs
         self.delay = 0.0
+        self.slow_prompts: dict[str, float] = {}  # marker -> seconds its prompts wait
         self.statuses: collections.deque[int] = collections.deque()
         self.fail_prompts: tuple[str, ...] = ()
         self.malformed_prompts: tuple[str, ...] = ()
@@ -57,8 +59,13 @@ class ReferenceServer:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.requests += 1
-                if server.delay:
-                    time.sleep(server.delay)
+                wait = server.delay + sum(
+                    seconds
+                    for marker, seconds in server.slow_prompts.items()
+                    if marker in body["prompt"]
+                )
+                if wait:
+                    time.sleep(wait)
                 if server.statuses:
                     self._send(server.statuses.popleft(), {"error": "injected"})
                 elif any(marker in body["prompt"] for marker in server.fail_prompts):

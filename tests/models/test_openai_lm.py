@@ -79,6 +79,32 @@ def test_same_seed_gives_same_steps(server):
     assert len({r.token_ids for r in first}) > 1  # per-request seeds differ
 
 
+def test_a_step_leaves_when_its_particle_is_ready_not_with_a_round(server):
+    server.slow_prompts = {"cccc": 1.5}
+    with client(server, max_concurrency=4) as lm:
+        slow, fast = lm.submit(
+            [ppl.StepRequest("cccc", max_tokens=1), ppl.StepRequest(PROMPT, max_tokens=1)], [1, 2]
+        )
+        assert [ticket for ticket, _ in lm.advance()] == [fast]
+        # A step submitted after the fast one ended is answered while the slow one waits.
+        (later,) = lm.submit([ppl.StepRequest(PROMPT, max_tokens=2)], [3])
+        assert [ticket for ticket, _ in lm.advance()] == [later] and lm.busy
+        (ended,) = lm.advance()
+        assert ended[0] == slow and math.isfinite(ended[1].logp) and not lm.busy
+
+
+def test_posterior_through_a_server_does_not_depend_on_its_concurrency(server):
+    posteriors = []
+    for limit in (1, 3, 16):
+        with client(server, max_concurrency=limit) as lm:
+            posteriors.append(ppl.smc(two_steps, lm, None, num_particles=12, seed=5))
+            assert lm.stats.peak_in_flight <= limit
+    first = posteriors[0]
+    for other in posteriors[1:]:
+        assert other.answers == first.answers
+        assert other.log_weights == pytest.approx(first.log_weights, abs=1e-6)
+
+
 def test_processed_logprobs_give_exact_weights_for_a_proposal_temperature():
     served = ReferenceServer(make_tiny_lm(seed=1), logprobs="processed")
     reference = make_tiny_lm(seed=1)
