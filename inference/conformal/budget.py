@@ -21,6 +21,7 @@ from inference.conformal.ltt import (
 from inference.conformal.units import (
     answer_ids,
     check_draws,
+    check_max_samples,
     check_unit,
     draws,
     running_counts,
@@ -107,11 +108,7 @@ class SampleBudget:
         if rule not in RULES:
             raise InvalidArgumentError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
         self.rule = rule
-        if max_samples is not None and (
-            isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1
-        ):
-            raise InvalidArgumentError(f"max_samples must be a positive int, got {max_samples!r}")
-        self.max_samples = max_samples
+        self.max_samples = check_max_samples(max_samples)
         self.unit = check_unit(unit)
         check_procedure(procedure)
         self.procedure, self.split, self.seed = procedure, split, seed

@@ -13,7 +13,14 @@ from scipy import special
 from inference.conformal.answer_sets import _as_data
 from inference.conformal.decision import Decision
 from inference.conformal.ltt import check_level, check_procedure, learn_then_test, procedure_text
-from inference.conformal.units import answer_ids, check_draws, check_unit, draws, running_counts
+from inference.conformal.units import (
+    answer_ids,
+    check_draws,
+    check_max_samples,
+    check_unit,
+    draws,
+    running_counts,
+)
 from ppl.answers import answer_label
 from ppl.errors import CalibrationError, InvalidArgumentError
 from ppl.posterior import Posterior
@@ -106,11 +113,7 @@ class StoppingRule:
             or (np.diff(self.thresholds) >= 0).any()
         ):
             raise InvalidArgumentError("thresholds must be a non-empty, strictly decreasing list")
-        if max_samples is not None and (
-            isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1
-        ):
-            raise InvalidArgumentError(f"max_samples must be a positive int, got {max_samples!r}")
-        self.max_samples = max_samples
+        self.max_samples = check_max_samples(max_samples)
         self.unit = check_unit(unit)
         check_procedure(procedure)
         self.procedure, self.split, self.seed = procedure, split, seed

@@ -34,6 +34,20 @@ def check_unit(unit: str) -> str:
     return unit
 
 
+def check_max_samples(max_samples: int | None) -> int | None:
+    """``None`` (every draw there is) or a positive int.
+
+    Example:
+        >>> check_max_samples(8), check_max_samples(None)
+        (8, None)
+    """
+    if max_samples is not None and (
+        isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1
+    ):
+        raise InvalidArgumentError(f"max_samples must be a positive int, got {max_samples!r}")
+    return max_samples
+
+
 def draws(posterior: Posterior, unit: str = "particle") -> list[Any]:
     """The answers a sequential rule sees, in order: per particle, or each run's MAP answer.
 
