@@ -9,14 +9,15 @@ hundredths of a nat per token.
 """
 
 import math
-import socket
 import subprocess
 import threading
 
 import httpx
 import numpy as np
 import pytest
+import server_process
 import torch
+from server_process import free_port, running_server, stop_server
 
 import models
 import ppl
@@ -36,22 +37,12 @@ def server_or_skip():
         pytest.skip(f"integration tier: {error}")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def server_command(port: int, slots: int = SLOTS) -> list[str]:
+    return embedded.llama_cpp_server_command(port, slots=slots, n_ctx=4096, threads=2)
 
 
 def start_server(port: int, log_path, slots: int = SLOTS) -> subprocess.Popen:
-    command = embedded.llama_cpp_server_command(port, slots=slots, n_ctx=4096, threads=2)
-    log = open(log_path, "w")  # noqa: SIM115 - the server process owns it
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.kill()
-        process.wait()
+    return server_process.start_server(server_command(port, slots), log_path)
 
 
 def make_client(port: int, reference, **options) -> OpenAILM:
@@ -66,6 +57,11 @@ def make_client(port: int, reference, **options) -> OpenAILM:
     )
 
 
+def wait_ready(port: int, reference) -> None:
+    with make_client(port, reference) as probe:
+        probe.wait_until_ready(timeout=120)
+
+
 @pytest.fixture(scope="module")
 def reference():
     return models.default_lm()
@@ -76,15 +72,10 @@ def server(tmp_path_factory, reference):
     server_or_skip()
     port = free_port()
     log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
-    process = start_server(port, log_path)
-    try:
-        with make_client(port, reference) as probe:
-            probe.wait_until_ready(timeout=120)
+    with running_server(
+        server_command(port), log_path, lambda: wait_ready(port, reference), "llama-server"
+    ):
         yield port
-    except ppl.ServerUnavailable:
-        pytest.fail(f"llama-server did not start:\n{log_path.read_text()[-2000:]}")
-    finally:
-        stop_server(process)
 
 
 @pytest.fixture

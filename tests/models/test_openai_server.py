@@ -8,10 +8,11 @@ agree to a few hundredths of a nat per token, not exactly.
 """
 
 import math
-import socket
 import subprocess
 
 import pytest
+import server_process
+from server_process import free_port, running_server, stop_server
 
 pytest.importorskip(
     "llama_cpp.server.app", reason="integration tier: pip install 'pplscale[server]'"
@@ -39,26 +40,17 @@ def assert_close_to_model(pairs) -> None:
     assert total / sum(n for _, _, n in pairs) <= 0.06
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def start_server(port: int, log_path) -> subprocess.Popen:
-    command = embedded.llama_server_command(port, n_ctx=2048)
-    log = open(log_path, "w")  # noqa: SIM115 - the server process owns it
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    return server_process.start_server(server_command(port), log_path)
 
 
-def stop_server(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def server_command(port: int) -> list[str]:
+    return embedded.llama_server_command(port, n_ctx=2048)
+
+
+def wait_ready(port: int, reference) -> None:
+    with make_client(port, reference) as probe:
+        probe.wait_until_ready(timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -82,15 +74,10 @@ def make_client(port: int, reference, **options) -> OpenAILM:
 def server(tmp_path_factory, reference):
     port = free_port()
     log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
-    process = start_server(port, log_path)
-    try:
-        with make_client(port, reference) as probe:
-            probe.wait_until_ready(timeout=120)
+    with running_server(
+        server_command(port), log_path, lambda: wait_ready(port, reference), "llama.cpp server"
+    ):
         yield port
-    except ppl.ServerUnavailable:
-        pytest.fail(f"llama.cpp server did not start:\n{log_path.read_text()[-2000:]}")
-    finally:
-        stop_server(process)
 
 
 @pytest.fixture
