@@ -4,8 +4,8 @@ Both filter the easiest arithmetic suite (``ppl.tasks.arithmetic``) line by
 line on the embedded model, from one process and one loaded copy of it:
 
 - the same sampler: temperature 0.7, top-k 50, a step ends at a newline or
-  after 24 tokens, at most 3 lines, and a line containing "Answer" ends the
-  solution;
+  after 24 tokens, at most 3 lines, a line containing "Answer" ends the
+  solution, and a reply the model closes early goes on at the next line;
 - the same step reward: ``examples/particle_filtering.py:step_reward`` (1 when
   the newest line's equations hold, else 0.05), turned into log-odds by each
   library;

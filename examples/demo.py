@@ -1,11 +1,13 @@
 """Verifier-guided SMC against majority voting on arithmetic problems (``make demo``).
 
-Both methods read the same program, ``examples/arithmetic_suite.py:solve``:
-up to three lines sampled as practitioners sample (temperature 0.7), a
-calculator checking each line. Majority voting is the unweighted vote of
-independent samples (self-consistency). SMC resamples after every line by
-the calculator's factor, so particles whose arithmetic holds carry the run.
-Each problem's SMC run is saved with its HTML report under ``--out``.
+Both methods read the same program, ``examples/particle_filtering.py:solve``:
+up to three lines sampled as practitioners sample (temperature 0.7, top-k
+50), a calculator scoring each line. Majority voting is the unweighted vote
+of independent samples (self-consistency). Verifier-guided SMC is the
+particle filter of Puri et al. 2025: it resamples after every line by the
+odds of the calculator's score, so particles whose arithmetic holds carry
+the run, and reports the posterior's weighted vote. Each problem's SMC run
+is saved with its HTML report under ``--out``.
 
 Run: ``python examples/demo.py --problems 3 --particles 8 --out runs/demo``
 """
@@ -23,14 +25,13 @@ from ppl.cli.report.rundir import save_run
 from ppl.cli.tasks import arithmetic
 
 sys.path.insert(0, str(Path(__file__).parent))
-from arithmetic_suite import solve  # noqa: E402
+from particle_filtering import particle_filter, solve  # noqa: E402
 
 
 def compare(lm, question: str, particles: int, seed: int):
     """The majority vote of independent samples and the verifier-guided SMC posterior."""
     samples = ppl.importance(solve, lm, question, num_particles=particles, seed=seed)
-    guided = ppl.smc(solve, lm, question, num_particles=particles, seed=seed)
-    return samples, guided
+    return samples, particle_filter(lm, question, particles, seed)
 
 
 def vote_share(posterior, answer) -> str:
@@ -62,7 +63,7 @@ def main(problems: int, particles: int, seed: int, out: str) -> None:
         save_run(
             guided,
             directory,
-            metadata={"program": "arithmetic_suite.solve", "method": "smc", "seed": seed},
+            metadata={"program": "particle_filtering.solve", "method": "smc", "seed": seed},
             title=problem.question,
         )
         click.echo(f"report: {directory / 'report.html'}")

@@ -18,6 +18,11 @@ sampler times the product of the steps' odds, which favours longer solutions
 (each further accepted line multiplies the weight by the odds of a score near
 1, about ``1e6``).
 
+A solution ends at a line containing "Answer" or at the line limit. A reply
+the model closes early (end of sequence) goes on at the next line, as its_hub
+prompts the open reply again: stopping there instead left many particles with
+prose and no answer line.
+
 Two final selections read one run: ``posterior.best_of_n_answer()`` (argmax of
 the final weights, its_hub's default) and ``posterior.map_answer()`` (weighted
 vote). The recipe is ``examples/recipes/particle_filtering.toml``.
@@ -54,10 +59,11 @@ def solve(lm, question: str, max_lines: int = 3, potential: str = "latest"):
         line = ppl.step(
             f"line_{i}", lm, chat, stop=("\n",), max_tokens=24, temperature=0.7, top_k=50
         )
-        chat = chat + line
+        # A reply the model closes early goes on at the next line, as its_hub prompts it
+        # again: only "Answer" (as the instructions write it) or the line limit ends it.
+        chat = chat + (line + "\n" if line.finished else line)
         lines.append(line)
-        # "Answer" as the instructions write it; "the answer to" in prose does not end a solution.
-        last = line.finished or "Answer" in line or i == max_lines - 1
+        last = "Answer" in line or i == max_lines - 1
         score = reward.twist if potential == "latest" and not last else reward.factor
         score(f"reward_{i}", question, lines, transform="logit")
         if last:

@@ -10,6 +10,7 @@ from tiny import VOCAB, make_tiny_lm
 
 import ppl
 from models.verifiers import ProgrammaticVerifier
+from ppl.lm import LMStats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 from particle_filtering import solve, step_reward  # noqa: E402
@@ -79,3 +80,27 @@ def test_step_reward_and_potential_errors(tiny_lm):
     assert step_reward("", ("2 + 2 = 4\n", "Answer: 5")) == 1.0  # only the newest line counts
     with pytest.raises(ppl.InvalidArgumentError, match="potential must be one of"):
         ppl.smc(solve, tiny_lm, "q", potential="both", num_particles=2)
+
+
+class ClosesEveryReply(ppl.LM):
+    """Every step is one true equation and then the end of the model's reply."""
+
+    def __init__(self):
+        self.stats = LMStats()
+        self.contexts = []
+
+    def sample_steps(self, requests, *, seed=None):
+        self.contexts += [r.context for r in requests]
+        return [ppl.StepResult("2 + 2 = 4", (1, 0), -1.0, -1.0, True) for _ in requests]
+
+    def score_steps(self, requests):
+        raise NotImplementedError
+
+
+def test_a_reply_closed_early_goes_on_at_the_next_line():
+    lm = ClosesEveryReply()
+    posterior = ppl.importance(solve, lm, "What is 2 + 2?", num_particles=1, seed=0)
+    # Only "Answer" or the line limit ends a solution, as its_hub prompts a closed reply again.
+    assert [site.name for site in posterior.particles[0].steps] == ["line_0", "line_1", "line_2"]
+    assert lm.contexts[-1].assistant == "2 + 2 = 4\n2 + 2 = 4\n"
+    assert posterior.answers == ["4"]
