@@ -113,7 +113,14 @@ class Particle:
 
 
 class Policy(Protocol):
-    """What an algorithm tells ``Runtime.drive``."""
+    """What an algorithm tells ``Runtime.drive``.
+
+    A policy may also define ``on_draw(particle, site) -> bool``, asked when a
+    particle's choice has been drawn and before the particle runs on: returning
+    False takes the draw over (the particle is left as it was, and the policy
+    later goes on with ``Runtime.choose`` or retires it), e.g. to merge
+    siblings that drew the same value before any of them runs a verifier.
+    """
 
     particles: list[Particle]
 
@@ -274,6 +281,16 @@ class Runtime:
         )
 
     def _complete(self, policy: Policy, particle: Particle, site: Site) -> None:
+        on_draw = getattr(policy, "on_draw", None)
+        if on_draw is None or on_draw(particle, site):
+            self.choose(policy, particle, site)
+
+    def choose(self, policy: Policy, particle: Particle, site: Site) -> None:
+        """Go on with ``particle`` as if its pending choice had drawn ``site``.
+
+        For a value the policy picked itself (e.g. enumerating a small support)
+        or a draw it took over with ``on_draw``.
+        """
         particle.log_weight += site.log_weight
         particle.choices += 1
         particle.texts.append(_text(site.value))
@@ -317,13 +334,15 @@ class Runtime:
         rounds: list[Round],
         info: dict | None = None,
         log_weights: Sequence[float] | None = None,
+        log_evidence: float | None = None,
     ) -> Posterior:
-        """The run's ``Posterior``, with its cost."""
+        """The run's ``Posterior``, with its cost; ``log_evidence`` defaults to the weights'."""
         if log_weights is None:
             log_weights = [p.log_weight for p in particles]
         return Posterior(
             [p.trace for p in particles],
             np.asarray(log_weights, dtype=float),
+            log_evidences=None if log_evidence is None else [log_evidence],
             ess_history=[ess_history],
             rounds=[rounds],
             cost=self.tracker.cost(),
