@@ -32,6 +32,7 @@ class _Step:
     generated: list[int] = field(default_factory=list)
     logp: float = 0.0
     logq: float = 0.0
+    top_logprobs: list[tuple[float, ...]] = field(default_factory=list)
 
     @property
     def sequence(self) -> tuple[int, ...]:
@@ -182,7 +183,7 @@ class RunningBatch:
             dtype=torch.float32,
             device=logits.device,
         )
-        tokens, picked_p, picked_q = self.lm._draw(
+        tokens, picked_p, picked_q, picked_top = self.lm._draw(
             logits,
             [s.request for s in steps],
             [s.generated for s in steps],
@@ -196,6 +197,8 @@ class RunningBatch:
             step.generated.append(token)
             step.logp += picked_p[k]
             step.logq += picked_q[k]
+            if step.request.top_logprobs:
+                step.top_logprobs.append(picked_top[k])
             finished = token in self.lm.eos_token_ids
             if finished or self._stops(step):
                 ended.append((ticket, self._result(step, finished, hidden, k)))
@@ -212,5 +215,10 @@ class RunningBatch:
             self.lm._keep_hidden(step.request.context, tuple(step.generated), hidden[k])
         text_ids = step.generated[:-1] if finished else step.generated
         return StepResult(
-            self.lm.decode(text_ids), tuple(step.generated), step.logp, step.logq, finished
+            self.lm.decode(text_ids),
+            tuple(step.generated),
+            step.logp,
+            step.logq,
+            finished,
+            tuple(step.top_logprobs),
         )

@@ -1,0 +1,62 @@
+import math
+import pickle
+
+import pytest
+import torch
+
+from models.verifiers.confidence import (
+    group_confidences,
+    lowest_group_confidence,
+    self_certainty,
+    tail_confidence,
+    token_confidences,
+)
+from ppl.errors import InvalidArgumentError
+from ppl.lm import StepRequest
+from ppl.sampler import target_log_probs
+from ppl.serialization import decode, encode
+from ppl.values import Step
+
+TOP = [(-0.1, -2.0), (-0.5, -1.0), (-3.0, -4.0), (-0.2, -0.4)]
+
+
+def test_token_confidence_by_hand():
+    assert token_confidences(TOP) == pytest.approx([1.05, 0.75, 3.5, 0.3])
+
+
+def test_group_and_tail_confidence_by_hand():
+    assert group_confidences(TOP, 2) == pytest.approx([0.9, 2.125, 1.9])
+    assert lowest_group_confidence(TOP, 2) == pytest.approx(0.9)
+    assert lowest_group_confidence(TOP, 10) == pytest.approx(5.6 / 4)
+    assert tail_confidence(TOP, 2) == pytest.approx(1.9)
+
+
+def test_self_certainty_by_hand():
+    assert self_certainty(TOP, 100) == pytest.approx(5.6 / 4 - math.log(100))
+
+
+def test_bad_input_raises():
+    with pytest.raises(InvalidArgumentError, match="top_logprobs"):
+        token_confidences([()])
+    with pytest.raises(InvalidArgumentError, match="window"):
+        lowest_group_confidence(TOP, 0)
+
+
+def test_step_top_logprobs_round_trip():
+    step = Step("a", token_ids=(1, 2), logp=-1.0, top_logprobs=[(-0.1, -2.0), (-0.3, -1.5)])
+    for back in (pickle.loads(pickle.dumps(step)), decode(encode(step, "x"))):
+        assert back.top_logprobs == step.top_logprobs and back.logp == step.logp
+
+
+def test_backend_top_logprobs_equal_full_forward(tiny_lm):
+    request = StepRequest("ab", stop=(), max_tokens=5, temperature=0.7, top_k=6, top_logprobs=3)
+    (result,) = tiny_lm.sample_steps([request], seed=3)
+    assert len(result.top_logprobs) == len(result.token_ids)
+    ids = tiny_lm.encode("ab")
+    for i, row in enumerate(result.top_logprobs):
+        prefix = torch.tensor([list(ids) + list(result.token_ids[:i])])
+        with torch.no_grad():
+            logits = tiny_lm.model(prefix).logits[:, -1, :]
+        log_p = target_log_probs(logits, [request.sampler])[0]
+        expected = log_p.topk(3).values.tolist()
+        assert row == pytest.approx(expected, abs=1e-4)
