@@ -15,6 +15,13 @@ from models.verifiers.base import (
     as_steps,
     to_log_weight,
 )
+from models.verifiers.confidence import (
+    group_confidences,
+    lowest_group_confidence,
+    self_certainty,
+    tail_confidence,
+    token_confidences,
+)
 from models.verifiers.lm_judge import LMJudge
 from models.verifiers.prm import PRM
 from models.verifiers.programmatic import ProgrammaticVerifier, calculator_check, equations
@@ -30,5 +37,10 @@ __all__ = [
     "as_steps",
     "calculator_check",
     "equations",
+    "group_confidences",
+    "lowest_group_confidence",
+    "self_certainty",
+    "tail_confidence",
+    "token_confidences",
     "to_log_weight",
 ]
