@@ -60,3 +60,25 @@ def test_backend_top_logprobs_equal_full_forward(tiny_lm):
         log_p = target_log_probs(logits, [request.sampler])[0]
         expected = log_p.topk(3).values.tolist()
         assert row == pytest.approx(expected, abs=1e-4)
+
+
+def test_threshold_is_exact_percentile():
+    from inference.confidence_vote import confidence_threshold
+
+    warm = [4.0, 1.0, 3.0, 2.0, 5.0, 0.0, 9.0, 7.0, 8.0, 6.0]
+    # sorted 0..9: the 90th percentile by linear interpolation is 0.9 * 9 = 8.1
+    assert confidence_threshold(warm, eta=10) == pytest.approx(8.1)
+    assert confidence_threshold(warm, eta=90) == pytest.approx(0.9)
+    with pytest.raises(InvalidArgumentError, match="eta"):
+        confidence_threshold(warm, eta=0)
+    with pytest.raises(InvalidArgumentError, match="warm-up"):
+        confidence_threshold([], eta=10)
+
+
+def test_weighted_vote_by_hand():
+    from inference.confidence_vote import weighted_vote
+
+    assert weighted_vote(["a", "b", "a", "b"], [1.0, 1.5, 1.0, 0.4]) == "a"
+    assert weighted_vote(["a", "b", "b"], [3.0, 1.0, 1.0]) == "a"
+    with pytest.raises(InvalidArgumentError, match="one per answer"):
+        weighted_vote(["a"], [])
