@@ -579,7 +579,7 @@ class OpenAILM(LM, ServerSlots):
             "max_tokens": request.max_tokens,
             "temperature": request.proposal_scale,
             "seed": seed,
-            "logprobs": 1,
+            "logprobs": max(1, request.top_logprobs),
         }
         if request.top_k is not None:
             fields["top_k"] = request.top_k
@@ -596,7 +596,8 @@ class OpenAILM(LM, ServerSlots):
         else:  # the untempered model, sampled at proposal_temperature (checked above)
             logq = total
             logp = await self._score_one(ScoreRequest(request.context, sample.token_ids))
-        return StepResult(sample.text, sample.token_ids, logp, logq, sample.finished)
+        top = _top_logprobs(answer, request.top_logprobs)
+        return StepResult(sample.text, sample.token_ids, logp, logq, sample.finished, top)
 
     def _parse_sample(self, answer: dict, request: StepRequest) -> _Sample:
         try:
@@ -769,3 +770,17 @@ def _offsets(pieces: Sequence[str]) -> list[int]:
         offsets.append(position)
         position += len(piece)
     return offsets
+
+
+def _top_logprobs(answer: dict, k: int) -> tuple[tuple[float, ...], ...]:
+    """Per server token, the ``k`` largest log-probabilities of its ``top_logprobs`` dict."""
+    if k == 0:
+        return ()
+    try:
+        rows = answer["choices"][0]["logprobs"]["top_logprobs"]
+        return tuple(tuple(sorted(map(float, row.values()), reverse=True)[:k]) for row in rows)
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as error:
+        raise BadResponse(
+            f"completion answer without logprobs.top_logprobs dicts ({error!r}); the server "
+            "must support the logprobs=k field to report top log-probabilities"
+        ) from error

@@ -82,3 +82,14 @@ def test_weighted_vote_by_hand():
     assert weighted_vote(["a", "b", "b"], [3.0, 1.0, 1.0]) == "a"
     with pytest.raises(InvalidArgumentError, match="one per answer"):
         weighted_vote(["a"], [])
+
+
+def test_openai_top_logprobs_parsed_in_order():
+    from models.openai_lm import _top_logprobs
+    from ppl.errors import BadResponse
+
+    answer = {"choices": [{"logprobs": {"top_logprobs": [{"a": -2.0, "b": -0.1, "c": -3.0}]}}]}
+    assert _top_logprobs(answer, 2) == ((-0.1, -2.0),)
+    assert _top_logprobs(answer, 0) == ()
+    with pytest.raises(BadResponse, match="top_logprobs"):
+        _top_logprobs({"choices": [{"logprobs": {}}]}, 2)
