@@ -1,4 +1,4 @@
-"""Verifiers and reward models: batched probabilities that reasoning steps are correct.
+"""Verifiers, reward models and confidence scorers: how good reasoning steps are.
 
 Example:
     >>> from models.verifiers import ProgrammaticVerifier
@@ -16,11 +16,14 @@ from models.verifiers.base import (
     to_log_weight,
 )
 from models.verifiers.confidence import (
+    Confidence,
     group_confidences,
     lowest_group_confidence,
+    mean_confidence,
     self_certainty,
     tail_confidence,
     token_confidences,
+    trace_top_logprobs,
 )
 from models.verifiers.lm_judge import LMJudge
 from models.verifiers.prm import PRM
@@ -28,6 +31,7 @@ from models.verifiers.programmatic import ProgrammaticVerifier, calculator_check
 
 __all__ = [
     "AGGREGATIONS",
+    "Confidence",
     "LMJudge",
     "PRM",
     "ProgrammaticVerifier",
@@ -39,8 +43,10 @@ __all__ = [
     "equations",
     "group_confidences",
     "lowest_group_confidence",
+    "mean_confidence",
     "self_certainty",
     "tail_confidence",
     "token_confidences",
     "to_log_weight",
+    "trace_top_logprobs",
 ]
