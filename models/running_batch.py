@@ -83,6 +83,20 @@ class RunningBatch:
         dropped = set(tickets)
         self.ended = [(t, r) for t, r in self.ended if t not in dropped]
 
+    def peek_top_logprobs(self, ticket: int) -> list[tuple[float, ...]]:
+        return self.steps[ticket].top_logprobs
+
+    def interrupt(self, ticket: int) -> StepResult:
+        step = self.steps.pop(ticket)
+        return StepResult(
+            self.lm.decode(step.generated),
+            tuple(step.generated),
+            step.logp,
+            step.logq,
+            False,
+            tuple(step.top_logprobs),
+        )
+
     def advance(self) -> list[tuple[int, StepResult]]:
         """One forward pass and one token for every live step; the steps that ended."""
         ended, self.ended = self.ended, []

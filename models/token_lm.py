@@ -197,6 +197,14 @@ class TokenLM(LM, SlotLM):
         """Stop decoding the given steps; their rows are reused."""
         self._running_batch().cancel(tickets)
 
+    def peek_top_logprobs(self, ticket: int) -> list[tuple[float, ...]]:
+        """The top log-probabilities of a live step's tokens so far (empty unless requested)."""
+        return self._running_batch().peek_top_logprobs(ticket)
+
+    def interrupt(self, ticket: int) -> StepResult:
+        """End a live step now; what it generated, ``finished=False``. Its row is reused."""
+        return self._running_batch().interrupt(ticket)
+
     @property
     def busy(self) -> bool:
         return self._running_batch().busy
