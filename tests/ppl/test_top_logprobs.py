@@ -53,3 +53,22 @@ def test_bad_top_logprobs_are_rejected():
     for bad in (-1, 1.5, "3"):
         with pytest.raises(InvalidArgumentError, match="top_logprobs"):
             ppl.LMStep(lm, "ab", top_logprobs=bad)
+
+
+def test_mh_rescore_never_keeps_stale_top_logprobs():
+    """Re-scoring renews logp but not the top-k, so MH draws such steps again."""
+    lm = make_tiny_lm(seed=1)
+    posterior = ppl.mh(three_lines, lm, num_steps=12, num_chains=2, proposal="rescore", seed=0)
+    fresh = make_tiny_lm(seed=1)
+    for trace in posterior.particles:
+        context = "ab"
+        for site in trace.steps:
+            request = ppl.StepRequest(context, stop=("c",), max_tokens=3, top_logprobs=2)
+            ids = list(fresh.encode(context))
+            assert len(site.value.top_logprobs) == len(site.value.token_ids)
+            for i, row in enumerate(site.value.top_logprobs):
+                prefix = ids + list(site.value.token_ids[:i])
+                log_p = fresh.next_token_logprobs([fresh.decode(prefix)])[0]
+                expected = log_p.topk(request.top_logprobs).values.tolist()
+                assert row == pytest.approx(expected, abs=1e-4)
+            context += site.value
