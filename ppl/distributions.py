@@ -92,7 +92,9 @@ class LMStep(TorchDistribution):
         if not (isinstance(max_tokens, int) and max_tokens >= 1):
             raise InvalidArgumentError(f"max_tokens must be a positive int, got {max_tokens!r}")
         check_sampler(temperature, top_k, top_p)
-        if not (isinstance(top_logprobs, int) and top_logprobs >= 0):
+        if isinstance(top_logprobs, bool) or not (
+            isinstance(top_logprobs, int) and top_logprobs >= 0
+        ):
             raise InvalidArgumentError(
                 f"top_logprobs must be an int >= 0 (log-probs kept per token), got {top_logprobs!r}"
             )

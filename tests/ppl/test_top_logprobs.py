@@ -50,7 +50,7 @@ def test_top_logprobs_survive_resampling_replay_and_saving(tmp_path):
 
 def test_bad_top_logprobs_are_rejected():
     lm = make_tiny_lm(seed=1)
-    for bad in (-1, 1.5, "3"):
+    for bad in (-1, 1.5, "3", True):
         with pytest.raises(InvalidArgumentError, match="top_logprobs"):
             ppl.LMStep(lm, "ab", top_logprobs=bad)
 
