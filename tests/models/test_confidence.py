@@ -100,7 +100,7 @@ def test_backend_top_logprobs_are_the_target_distributions(tiny_lm):
 
 # --- the scorers as likelihood terms: exact against enumeration -------------------------
 K = 2
-SCORER = Confidence("token", temperature=0.5)
+SCORER = Confidence("token", temperature=0.1)
 
 
 @ppl.program
@@ -137,11 +137,11 @@ def _tokens(lm, context, max_tokens):
     return out
 
 
-def exact_confident(lm, mode):
+def exact_confident(lm, mode, temperature=SCORER.temperature):
     joint: dict = {}
     for first, lp, cs in _tokens(lm, PROMPT, 2):
         if mode == "factor":
-            joint[first] = joint.get(first, 0.0) + math.exp(lp + sum(cs) / len(cs) / 0.5)
+            joint[first] = joint.get(first, 0.0) + math.exp(lp + sum(cs) / len(cs) / temperature)
             continue
         for second, lp2, _ in _tokens(lm, PROMPT + first, 1):
             key = (first, second)
@@ -161,6 +161,9 @@ def test_scorer_as_factor_and_twist_matches_enumeration(method, mode):
         method, confident, lm, mode, num_runs=60, num_particles=16, seed=5, **options
     )
     assert_matches_exact(posterior, exact)
+    if mode == "factor":  # the test tells the weighted target from the model's
+        with pytest.raises(AssertionError):
+            assert_matches_exact(posterior, exact_confident(lm, mode, temperature=math.inf))
 
 
 def test_trace_scorer_scores_every_step_of_a_trace(tiny_lm):
