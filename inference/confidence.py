@@ -84,7 +84,7 @@ def confidence_vote(
     for trace, weight in zip(posterior.particles, weights, strict=True):
         if weight > 0 and trace.has_answer:
             c = confidence.score([site.value for site in trace.steps])
-            totals[trace.answer] = totals.get(trace.answer, 0.0) + weight * c
+            totals[trace.answer] = totals.get(trace.answer, 0.0) + float(weight) * c
     mass = math.fsum(totals.values())
     if not mass > 0:
         raise EmptyPosteriorError("every voting trace has confidence zero; no vote to take")

@@ -87,7 +87,7 @@ def test_engines_reject_bad_early_stopping_settings(tiny_lm):
         ppl.importance(no_top, tiny_lm, num_particles=4, early_stop=ppl.ConfidenceStop(2))
 
 
-def test_importance_stopping_only_truncates_and_saves_tokens():
+def test_importance_stopping_only_truncates_and_saves_tokens(tmp_path):
     """Same seed, same streams: kept particles are the plain run's, stopped ones its prefixes."""
     lm = make_tiny_lm(seed=1)
     rule = ppl.ConfidenceStop(num_warmup=6, keep=0.5, window=3)
@@ -117,6 +117,9 @@ def test_importance_stopping_only_truncates_and_saves_tokens():
     in_traces = sum(len(s.value.token_ids) for t in stopped.particles for s in t.steps)
     assert stopped.cost.tokens_generated == in_traces
     assert stopped.cost.tokens_generated < plain.cost.tokens_generated
+    stopped.save(tmp_path / "run.json")  # interrupted steps included
+    back = ppl.Posterior.load(tmp_path / "run.json")
+    assert back.info == stopped.info and back.answer_distribution() == stopped.answer_distribution()
     shares = ppl.confidence_vote(stopped, Confidence("lowest_group", window=3))
     assert sum(shares.values()) == pytest.approx(1.0) and set(shares) <= set(
         a for a, w in zip(stopped.answers, stopped.log_weights, strict=True) if w > -math.inf
