@@ -1,6 +1,7 @@
 """Inference engines over reasoning programs; each returns a ``ppl.Posterior``."""
 
 from inference.beam import beam, dvts
+from inference.confidence import ConfidenceStop, confidence_vote
 from inference.conformal import (
     Abstention,
     AnswerSets,
@@ -32,12 +33,14 @@ __all__ = [
     "Abstention",
     "AnswerSets",
     "CalibrationData",
+    "ConfidenceStop",
     "Guide",
     "LogitBiasProposal",
     "SampleBudget",
     "ScoreCalibration",
     "TwistHead",
     "beam",
+    "confidence_vote",
     "dvts",
     "fit_score_calibration",
     "from_posteriors",

@@ -7,6 +7,8 @@ hooks and builds the ``Posterior``. Algorithms are policies over it
 (``inference.population``): ``drive`` asks the policy whether a particle may
 draw its next choice, and tells it each time a particle's choice is complete
 (drawn, re-executed up to the next random choice, memo calls settled).
+A policy may also watch the tokens of its particles' live steps and stop a
+particle mid-step (``Scheduler._watch``).
 
 Scheduling is continuous. LM steps go to each backend's running batch
 (``ppl.slots``): a particle whose step ends is re-executed at once and its
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -428,6 +431,26 @@ class Scheduler:
             runtime.in_flight -= 1
             particle.ticket = None
             runtime.complete(policy, particle, result)
+        self._watch(key, backend)
+
+    def _watch(self, key: int, backend: SlotLM) -> None:
+        """Show live steps' tokens to policies that watch them (``policy.watch``).
+
+        A policy whose ``watch(particle, top_logprobs_so_far)`` returns True
+        stops the particle: its step ends where it is, with weight zero.
+        """
+        for (k, ticket), (runtime, policy, particle) in list(self.in_flight.items()):
+            watch = getattr(policy, "watch", None)
+            if k != key or watch is None:
+                continue
+            rows = backend.peek_top_logprobs(ticket)
+            if rows is None or not watch(particle, rows):
+                continue
+            del self.in_flight[(k, ticket)]
+            runtime.in_flight -= 1
+            particle.ticket = None
+            stopped = dataclasses.replace(backend.interrupt(ticket), logp=-math.inf)
+            runtime.complete(policy, particle, stopped)
 
 
 def _text(value) -> str:

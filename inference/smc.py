@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from inference.confidence import ConfidenceStop
+from inference.early_stopping import run_with_early_stop
 from inference.mcmc.rejuvenation import Rejuvenation
 from inference.population import run_population
 from inference.resampling import get_resampler
@@ -21,6 +23,7 @@ def smc(
     ess_threshold: float = 0.5,
     rejuvenation_steps: int = 0,
     seed: int | None = None,
+    early_stop: ConfidenceStop | None = None,
     **kwargs,
 ) -> Posterior:
     """Sequential Monte Carlo: one round per random choice, resampling when ESS drops.
@@ -58,6 +61,13 @@ def smc(
     reports how many moves were accepted; the genealogy records the draws of
     each round, not the moves.
 
+    Early stopping: ``early_stop=ConfidenceStop(num_warmup, keep, window)``
+    first runs ``num_warmup`` importance particles to set a confidence
+    threshold, then gives weight zero to SMC particles whose lowest group
+    confidence falls below it, ending their step at once; the result
+    estimates the posterior restricted to confident traces
+    (``inference.early_stopping``).
+
     Example:
         >>> post = ppl.smc(lipogram, lm, "The", num_particles=16, seed=0)  # doctest: +SKIP
         >>> print(post.summary())                                       # doctest: +SKIP
@@ -71,6 +81,23 @@ def smc(
     ):
         raise InvalidArgumentError(
             f"rejuvenation_steps must be a non-negative integer, got {rejuvenation_steps!r}"
+        )
+    if early_stop is not None:
+        if rejuvenation_steps:
+            raise InvalidArgumentError(
+                "early_stop and rejuvenation_steps cannot be combined: moves do not know the "
+                "stopping rule; drop one of them"
+            )
+        return run_with_early_stop(
+            program,
+            args,
+            kwargs,
+            rule=early_stop,
+            num_particles=num_particles,
+            resampler=get_resampler(resample),
+            ess_threshold=ess_threshold,
+            seed=seed,
+            method="smc",
         )
     rejuvenation = (
         Rejuvenation(program, args, kwargs, int(rejuvenation_steps)) if rejuvenation_steps else None

@@ -32,6 +32,10 @@ to sample with exactly those settings, every other transform off
   raise ``CapabilityError``.
 - Logits processors run inside the server and cannot be sent:
   ``CapabilityError``.
+- ``top_logprobs=k`` asks for ``logprobs=k``: the server's top log-probabilities
+  are those of the distribution it samples from, the step's target wherever
+  the step itself is exact; with ``proposal_temperature`` they are not:
+  ``CapabilityError``.
 
 Transient failures (connection errors, timeouts, 429 and 5xx answers) are
 retried with exponential backoff and jitter. A request that still fails fails
@@ -416,6 +420,12 @@ class OpenAILM(LM, ServerSlots):
                 "a logits processor cannot run inside an HTTP server; use a local backend "
                 "(TransformersLM, LlamaCppLM) for steps with logits_processor"
             )
+        if request.top_logprobs and not request.proposal_is_target:
+            raise CapabilityError(
+                f"top_logprobs={request.top_logprobs} with proposal_temperature: servers report "
+                "the top log-probabilities of the distribution they sample from, not of the "
+                "step's target; drop proposal_temperature or use a local backend"
+            )
         target = request.sampler
         if request.proposal_temperature is not None and not target.is_model:
             raise CapabilityError(
@@ -579,7 +589,7 @@ class OpenAILM(LM, ServerSlots):
             "max_tokens": request.max_tokens,
             "temperature": request.proposal_scale,
             "seed": seed,
-            "logprobs": 1,
+            "logprobs": max(1, request.top_logprobs),
         }
         if request.top_k is not None:
             fields["top_k"] = request.top_k
@@ -596,7 +606,10 @@ class OpenAILM(LM, ServerSlots):
         else:  # the untempered model, sampled at proposal_temperature (checked above)
             logq = total
             logp = await self._score_one(ScoreRequest(request.context, sample.token_ids))
-        return StepResult(sample.text, sample.token_ids, logp, logq, sample.finished)
+        # One row per returned token, up to the cut after a stop string.
+        top = _top_logprobs(answer["choices"][0]["logprobs"], request.top_logprobs)
+        top = top[: len(sample.log_probs)]
+        return StepResult(sample.text, sample.token_ids, logp, logq, sample.finished, top)
 
     def _parse_sample(self, answer: dict, request: StepRequest) -> _Sample:
         try:
@@ -769,3 +782,27 @@ def _offsets(pieces: Sequence[str]) -> list[int]:
         offsets.append(position)
         position += len(piece)
     return offsets
+
+
+def _top_logprobs(logprobs: dict, k: int) -> tuple[tuple[float, ...], ...]:
+    """Per returned token, its ``k`` largest finite top log-probabilities, decreasing.
+
+    Completions answers hold a ``{piece: logprob}`` dict per token; llama.cpp's
+    chat-format ``content`` entries a list of ``{logprob}``. A server may add
+    the sampled token to the top-k (vLLM), so only the ``k`` largest are kept;
+    vLLM writes ``-inf`` (outside a truncated sampler's support) as -9999.
+    """
+    if k == 0:
+        return ()
+    try:
+        if "content" in logprobs:
+            rows = [[e["logprob"] for e in entry["top_logprobs"]] for entry in logprobs["content"]]
+        else:
+            rows = [list(row.values()) for row in logprobs["top_logprobs"]]
+        values = [sorted(map(float, row), reverse=True) for row in rows]
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as error:
+        raise BadResponse(
+            f"completion answer without top log-probabilities per token ({error!r}); the "
+            "server must answer the logprobs=k field with top_logprobs"
+        ) from error
+    return tuple(tuple(v for v in row[:k] if -9999.0 < v <= 0.0) for row in values)

@@ -32,6 +32,7 @@ class _Step:
     generated: list[int] = field(default_factory=list)
     logp: float = 0.0
     logq: float = 0.0
+    top_logprobs: list[tuple[float, ...]] = field(default_factory=list)
 
     @property
     def sequence(self) -> tuple[int, ...]:
@@ -81,6 +82,20 @@ class RunningBatch:
             self.steps.pop(ticket, None)
         dropped = set(tickets)
         self.ended = [(t, r) for t, r in self.ended if t not in dropped]
+
+    def peek_top_logprobs(self, ticket: int) -> list[tuple[float, ...]]:
+        return self.steps[ticket].top_logprobs
+
+    def interrupt(self, ticket: int) -> StepResult:
+        step = self.steps.pop(ticket)
+        return StepResult(
+            self.lm.decode(step.generated),
+            tuple(step.generated),
+            step.logp,
+            step.logq,
+            False,
+            tuple(step.top_logprobs),
+        )
 
     def advance(self) -> list[tuple[int, StepResult]]:
         """One forward pass and one token for every live step; the steps that ended."""
@@ -182,7 +197,7 @@ class RunningBatch:
             dtype=torch.float32,
             device=logits.device,
         )
-        tokens, picked_p, picked_q = self.lm._draw(
+        tokens, picked_p, picked_q, picked_top = self.lm._draw(
             logits,
             [s.request for s in steps],
             [s.generated for s in steps],
@@ -196,6 +211,8 @@ class RunningBatch:
             step.generated.append(token)
             step.logp += picked_p[k]
             step.logq += picked_q[k]
+            if step.request.top_logprobs:
+                step.top_logprobs.append(picked_top[k])
             finished = token in self.lm.eos_token_ids
             if finished or self._stops(step):
                 ended.append((ticket, self._result(step, finished, hidden, k)))
@@ -212,5 +229,10 @@ class RunningBatch:
             self.lm._keep_hidden(step.request.context, tuple(step.generated), hidden[k])
         text_ids = step.generated[:-1] if finished else step.generated
         return StepResult(
-            self.lm.decode(text_ids), tuple(step.generated), step.logp, step.logq, finished
+            self.lm.decode(text_ids),
+            tuple(step.generated),
+            step.logp,
+            step.logq,
+            finished,
+            tuple(step.top_logprobs),
         )

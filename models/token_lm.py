@@ -197,6 +197,14 @@ class TokenLM(LM, SlotLM):
         """Stop decoding the given steps; their rows are reused."""
         self._running_batch().cancel(tickets)
 
+    def peek_top_logprobs(self, ticket: int) -> list[tuple[float, ...]]:
+        """The top log-probabilities of a live step's tokens so far (empty unless requested)."""
+        return self._running_batch().peek_top_logprobs(ticket)
+
+    def interrupt(self, ticket: int) -> StepResult:
+        """End a live step now; what it generated, ``finished=False``. Its row is reused."""
+        return self._running_batch().interrupt(ticket)
+
     @property
     def busy(self) -> bool:
         return self._running_batch().busy
@@ -209,8 +217,8 @@ class TokenLM(LM, SlotLM):
         indices: list[int],
         uniforms: torch.Tensor,
         hidden: torch.Tensor | None = None,
-    ) -> tuple[list[int], list[float], list[float]]:
-        """Sample one token per row from its proposal; return tokens, log p and log q.
+    ) -> tuple[list[int], list[float], list[float], list[tuple[float, ...]]]:
+        """Sample one token per row from its proposal; return tokens, log p, log q, top log p.
 
         ``hidden`` (rows aligned with ``logits``) is passed to processors that
         declare ``uses_hidden_states``.
@@ -226,7 +234,7 @@ class TokenLM(LM, SlotLM):
         picked_q = (
             log_q.gather(1, tokens[:, None]).squeeze(1).tolist() if shaped else list(picked_p)
         )
-        return tokens.tolist(), picked_p, picked_q
+        return tokens.tolist(), picked_p, picked_q, _top_log_probs(log_p, requests)
 
     def _proposal(self, logits, log_p, requests, generated, indices, hidden) -> torch.Tensor:
         """Proposal log-probabilities: processed logits at the proposal temperature."""
@@ -479,3 +487,15 @@ def match_prefixes(
                 found[key] = (row, int(common[row])) if common[row] > 0 else (-1, 0)
         sources[j], lengths[j] = found[key]
     return sources, lengths
+
+
+def _top_log_probs(log_p: torch.Tensor, requests) -> list[tuple[float, ...]]:
+    """Per row, the request's ``top_logprobs`` largest finite target log-probabilities."""
+    k = max(r.top_logprobs for r in requests)
+    if k == 0:
+        return [()] * len(requests)
+    values = log_p.float().topk(min(k, log_p.shape[-1]), dim=-1).values.tolist()
+    return [
+        tuple(v for v in row[: r.top_logprobs] if v != float("-inf"))
+        for row, r in zip(values, requests, strict=True)
+    ]

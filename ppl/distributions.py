@@ -22,6 +22,7 @@ def make_request(
     top_k: int | None = None,
     top_p: float | None = None,
     proposal_temperature: float | None = None,
+    top_logprobs: int = 0,
 ) -> StepRequest:
     """The normalized request of a step; its hash identifies the step on replay.
 
@@ -47,6 +48,7 @@ def make_request(
         top_k=top_k,
         top_p=None if top_p is not None and top_p >= 1 else top_p,
         proposal_temperature=proposal_temperature,
+        top_logprobs=top_logprobs,
     )
 
 
@@ -81,6 +83,7 @@ class LMStep(TorchDistribution):
         top_k: int | None = None,
         top_p: float | None = None,
         proposal_temperature: float | None = None,
+        top_logprobs: int = 0,
     ):
         if not isinstance(context, str | Chat):
             raise InvalidArgumentError(
@@ -89,6 +92,12 @@ class LMStep(TorchDistribution):
         if not (isinstance(max_tokens, int) and max_tokens >= 1):
             raise InvalidArgumentError(f"max_tokens must be a positive int, got {max_tokens!r}")
         check_sampler(temperature, top_k, top_p)
+        if isinstance(top_logprobs, bool) or not (
+            isinstance(top_logprobs, int) and top_logprobs >= 0
+        ):
+            raise InvalidArgumentError(
+                f"top_logprobs must be an int >= 0 (log-probs kept per token), got {top_logprobs!r}"
+            )
         if proposal_temperature is not None and not (
             isinstance(proposal_temperature, int | float) and proposal_temperature > 0
         ):
@@ -117,6 +126,7 @@ class LMStep(TorchDistribution):
             top_k=top_k,
             top_p=top_p,
             proposal_temperature=proposal_temperature,
+            top_logprobs=top_logprobs,
         )
         if not all(isinstance(s, str) and s for s in request.stop):
             raise InvalidArgumentError(f"stop must be a tuple of non-empty strings, got {stop!r}")
@@ -130,9 +140,7 @@ class LMStep(TorchDistribution):
         if tuple(sample_shape) != ():
             raise InvalidArgumentError("LMStep draws one step at a time")
         (result,) = self.lm.sample_steps([self.request])
-        return Step(
-            result.text, token_ids=result.token_ids, logp=result.logp, finished=result.finished
-        )
+        return Step.from_result(result)
 
     def log_prob(self, value: Step) -> torch.Tensor:
         if not isinstance(value, Step):

@@ -67,6 +67,7 @@ class StepRequest:
     top_k: int | None = None
     top_p: float | None = None
     proposal_temperature: float | None = None
+    top_logprobs: int = 0
 
     @property
     def sampler(self) -> Sampler:
@@ -99,6 +100,8 @@ class StepResult:
     ``logp`` is the log-probability of ``token_ids`` under the step's target
     (its sampler); ``logq`` under the proposal actually used (proposal
     temperature, logits processors). Importance weights use ``logp - logq``.
+    ``top_logprobs`` holds, per generated token, the ``request.top_logprobs``
+    largest log-probabilities of the target (tokens outside its support omitted).
     """
 
     text: str
@@ -106,6 +109,7 @@ class StepResult:
     logp: float
     logq: float
     finished: bool
+    top_logprobs: tuple[tuple[float, ...], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ def step(
     top_p: float | None = None,
     proposal_temperature: float | None = None,
     logits_processor: LogitsProcessor | None = None,
+    top_logprobs: int = 0,
 ) -> Step:
     """Ask ``lm`` for one reasoning step after ``context``.
 
@@ -50,6 +51,8 @@ def step(
     ``models.BannedTokens``) shape the proposal only, and engines weight each
     step by ``log p - log q``. ``temperature=1, proposal_temperature=T`` keeps
     the untempered model as the target and samples at ``T``.
+    ``top_logprobs=k`` records, per generated token, the ``k`` largest
+    log-probabilities of the target in ``Step.top_logprobs`` (confidence signals).
 
     Example:
         >>> @ppl.program
@@ -62,6 +65,7 @@ def step(
         "top_k": top_k,
         "top_p": top_p,
         "proposal_temperature": proposal_temperature,
+        "top_logprobs": top_logprobs,
     }
     recorded = replay_fast(
         name,

@@ -129,9 +129,7 @@ def step_site(choice: PendingChoice, result, lm) -> Site:
             f"{type(lm).__name__} returned logp={result.logp}, logq={result.logq} at "
             f"site {choice.name!r}; log q of a drawn step must be finite"
         )
-    value = Step(
-        result.text, token_ids=result.token_ids, logp=result.logp, finished=result.finished
-    )
+    value = Step.from_result(result)
     return Site(
         choice.name,
         "step",

@@ -26,6 +26,7 @@ def encode(value: Any, where: str) -> Any:
             "token_ids": list(value.token_ids),
             "logp": value.logp,
             "finished": value.finished,
+            "top_logprobs": [list(row) for row in value.top_logprobs],
         }
     if isinstance(value, str):
         return value
@@ -63,6 +64,7 @@ def decode(data: Any) -> Any:
             token_ids=data["token_ids"],
             logp=data["logp"],
             finished=data["finished"],
+            top_logprobs=data.get("top_logprobs", ()),
         )
     if "__chat__" in data:
         return Chat(*data["__chat__"])

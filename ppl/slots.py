@@ -51,6 +51,18 @@ class SlotLM(abc.ABC):
     def busy(self) -> bool:
         """Whether a step is queued or being decoded."""
 
+    def peek_top_logprobs(self, ticket: int) -> Sequence[tuple[float, ...]] | None:
+        """The top log-probabilities of a live step's tokens so far; None where unknown.
+
+        Backends that decode token by token report them, so a policy can stop
+        a step mid-way (``interrupt``); whole-step backends report nothing.
+        """
+        return None
+
+    def interrupt(self, ticket: int) -> StepResult:
+        """End a live step now and return what it generated (``finished=False``)."""
+        raise BackendError(f"{type(self).__name__} cannot interrupt a step mid-way")
+
 
 class BatchedSlots(SlotLM):
     """The running-batch interface over a backend that only has ``sample_steps``.

@@ -103,14 +103,36 @@ class ReferenceServer:
         self._thread.join()
 
     # --- the completions endpoint ---------------------------------------------
-    def _token_logprobs(self, prompt_ids, ids, sampler):
-        """Each token's log-probability after the ones before it (model or sampled-from)."""
+    def _distributions(self, prompt_ids, ids, sampler):
+        """The next-token log-probabilities before each token (model or sampled-from)."""
         lm = self.lm
         contexts = [lm.decode(prompt_ids + ids[:k]) for k in range(len(ids))]
         log_p = lm.next_token_logprobs(contexts)
         if self.logprobs == "processed":
             log_p = target_log_probs(log_p, [sampler] * len(contexts))
+        return log_p
+
+    def _token_logprobs(self, prompt_ids, ids, sampler):
+        """Each token's log-probability after the ones before it (model or sampled-from)."""
+        log_p = self._distributions(prompt_ids, ids, sampler)
         return [float(log_p[k, token]) for k, token in enumerate(ids)]
+
+    def _top_logprobs(self, prompt_ids, ids, sampler, k, as_ids):
+        """vLLM's ``top_logprobs``: the top ``k`` plus the sampled token, -inf as -9999."""
+        log_p = self._distributions(prompt_ids, ids, sampler)
+        rows = []
+        for position, token in enumerate(ids):
+            top = log_p[position].topk(k).indices.tolist()
+            keys = top + ([token] if token not in top else [])
+            rows.append(
+                {
+                    f"token_id:{i}" if as_ids else self.lm.decode([i]): max(
+                        float(log_p[position, i]), -9999.0
+                    )
+                    for i in keys
+                }
+            )
+        return rows
 
     def complete(self, body: dict) -> dict:
         lm = self.lm
@@ -136,6 +158,10 @@ class ReferenceServer:
         prompt_ids = list(lm.encode(prompt))
         ids = list(step.token_ids)
         values = self._token_logprobs(prompt_ids, ids, sampler)
+        as_ids = body.get("return_tokens_as_token_ids")
+        top = None
+        if body.get("logprobs", 0) >= 1 and not body.get("echo"):
+            top = self._top_logprobs(prompt_ids, ids, sampler, body["logprobs"], as_ids)
         text = step.text
         hit = [text.find(s) for s in stop if s in text]
         if hit:
@@ -143,7 +169,6 @@ class ReferenceServer:
         if body.get("echo"):
             echoed = [None] + self._token_logprobs(prompt_ids[:1], prompt_ids[1:], Sampler())
             ids, values, text = prompt_ids + ids, echoed + values, prompt + text
-        as_ids = body.get("return_tokens_as_token_ids")
         pieces = [f"token_id:{i}" if as_ids else lm.decode([i]) for i in ids]
         offsets, position = [], 0
         for i in ids:
@@ -161,7 +186,7 @@ class ReferenceServer:
                         "tokens": pieces,
                         "token_logprobs": values,
                         "text_offset": offsets,
-                        "top_logprobs": None,
+                        "top_logprobs": top,
                     },
                     "finish_reason": "stop" if finished else "length",
                 }

@@ -192,8 +192,12 @@ def _keepable(new: PendingChoice, old: PendingChoice) -> bool:
     if new.kind != "step":
         return True
     a, b = new.fn.request, old.fn.request
+    # Top log-probabilities belong to the old context and re-scoring does not
+    # renew them, so a step that records them is drawn again.
     return (
-        new.fn.lm is old.fn.lm
+        not a.top_logprobs
+        and not b.top_logprobs
+        and new.fn.lm is old.fn.lm
         and a.stop == b.stop
         and a.max_tokens == b.max_tokens
         and a.sampler == b.sampler

@@ -1,4 +1,4 @@
-"""Verifiers and reward models: batched probabilities that reasoning steps are correct.
+"""Verifiers, reward models and confidence scorers: how good reasoning steps are.
 
 Example:
     >>> from models.verifiers import ProgrammaticVerifier
@@ -15,12 +15,23 @@ from models.verifiers.base import (
     as_steps,
     to_log_weight,
 )
+from models.verifiers.confidence import (
+    Confidence,
+    group_confidences,
+    lowest_group_confidence,
+    mean_confidence,
+    self_certainty,
+    tail_confidence,
+    token_confidences,
+    trace_top_logprobs,
+)
 from models.verifiers.lm_judge import LMJudge
 from models.verifiers.prm import PRM
 from models.verifiers.programmatic import ProgrammaticVerifier, calculator_check, equations
 
 __all__ = [
     "AGGREGATIONS",
+    "Confidence",
     "LMJudge",
     "PRM",
     "ProgrammaticVerifier",
@@ -30,5 +41,12 @@ __all__ = [
     "as_steps",
     "calculator_check",
     "equations",
+    "group_confidences",
+    "lowest_group_confidence",
+    "mean_confidence",
+    "self_certainty",
+    "tail_confidence",
+    "token_confidences",
     "to_log_weight",
+    "trace_top_logprobs",
 ]

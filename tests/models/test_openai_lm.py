@@ -330,3 +330,56 @@ def test_unreachable_server_and_rejected_requests(server):
             assert lm.stats.retries == 0
     finally:
         restarted.stop()
+
+
+def _target_top(reference, context, token_ids, request):
+    """The top-k of the step's target before each token, by full forward passes."""
+    ids = list(reference.encode(context))
+    rows = []
+    for i in range(len(token_ids)):
+        with torch.no_grad():
+            logits = reference.model(torch.tensor([ids + list(token_ids[:i])])).logits[:, -1]
+        log_p = ppl.sampler.target_log_probs(logits, [request.sampler])[0]
+        top = log_p.topk(request.top_logprobs).values
+        rows.append([v for v in top.tolist() if v > -math.inf])
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("logprobs", "sampler"), [("raw", {}), ("processed", {"temperature": 0.6, "top_k": 3})]
+)
+def test_top_logprobs_through_http_are_the_targets(logprobs, sampler):
+    served = ReferenceServer(make_tiny_lm(seed=1), logprobs=logprobs)
+    reference = make_tiny_lm(seed=1)
+    request = ppl.StepRequest(PROMPT, stop=("c",), max_tokens=4, top_logprobs=4, **sampler)
+    try:
+        with client(served, logprobs=logprobs) as lm:
+            results = lm.sample_steps([request] * 6, seed=2)
+    finally:
+        served.stop()
+    for r in results:
+        assert len(r.top_logprobs) == len(r.token_ids)
+        expected = _target_top(reference, PROMPT, r.token_ids, request)
+        for row, want in zip(r.top_logprobs, expected, strict=True):
+            assert row == pytest.approx(want, abs=1e-4)  # outside a top_k support: dropped
+
+
+def test_top_logprobs_with_a_proposal_temperature_raise_capability_error(server):
+    request = ppl.StepRequest(PROMPT, proposal_temperature=0.5, top_logprobs=2)
+    with client(server, logprobs="processed") as lm:
+        with pytest.raises(ppl.CapabilityError, match="top_logprobs=2 with proposal_temperature"):
+            lm.sample_steps([request])
+    assert server.requests == 0
+
+
+def test_top_logprobs_are_parsed_from_both_answer_formats():
+    from models.openai_lm import _top_logprobs
+
+    completions = {"top_logprobs": [{"a": -2.0, "b": -0.1, "c": -3.0, "d": -9999.0}]}
+    assert _top_logprobs(completions, 2) == ((-0.1, -2.0),)
+    assert _top_logprobs(completions, 5) == ((-0.1, -2.0, -3.0),)
+    chat = {"content": [{"id": 1, "logprob": -0.1, "top_logprobs": [{"logprob": -2.0}]}]}
+    assert _top_logprobs(chat, 3) == ((-2.0,),)
+    assert _top_logprobs(completions, 0) == ()
+    with pytest.raises(ppl.BadResponse, match="top log-probabilities"):
+        _top_logprobs({"tokens": ["a"]}, 2)
