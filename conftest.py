@@ -128,7 +128,12 @@ def _saved_runs(tmp_path_factory, _calibration_sets):
             from ppl.cli.report import save_run
 
             root = tmp_path_factory.mktemp("saved") / "runs"
-            save_run(_post(make_tiny_lm()), root / "demo", metadata={"program": "two_letters"})
+            save_run(
+                _post(make_tiny_lm()),
+                root / "demo",
+                metadata={"program": "two_letters"},
+                report=False,
+            )
             _save_dataset(root / "cal", range(12))
             sets = AnswerSets(alpha=0.2).calibrate(_calibration_sets[0])
             _save_dataset(root / "heldout", range(40, 52), calibration=sets)
