@@ -44,7 +44,7 @@ def confidence_of(posterior: Posterior, confidence: Confidence = MAP_PROBABILITY
     An empty posterior has confidence 0.
 
     Example:
-        >>> new = ppl.importance(add, 4, 5, num_particles=8, seed=0)  # MAP answer '7'
+        >>> new = ppl.importance(add, 4, 5, num_particles=8, seed=0)  # MAP answer '8' (4 of 8)
         >>> print(round(confidence_of(new), 3), round(confidence_of(new, "check.score"), 3))
         0.5 0.1
     """
