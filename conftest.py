@@ -11,8 +11,9 @@ solver (its ``check.score`` memo site is a verifier score), ``problems`` its
 ``((a, b), answer)`` pairs, and ``cal`` and ``heldout`` two sets of 40
 problems (``inference.conformal.CalibrationData`` from importance posteriors).
 
-Each example runs in an empty temporary directory. One whose text mentions
-``runs/`` finds there the run directories ``ppl run`` writes:
+Each example runs in a temporary directory that holds only a link to the
+repository's ``examples/``. One whose text mentions ``runs/`` also finds
+there the run directories ``ppl run`` writes:
 ``runs/demo`` (``post`` saved), ``runs/cal`` (a dataset run over 12 of
 ``problems``) and ``runs/heldout`` (12 others, with conformal answer sets
 applied).
@@ -153,6 +154,7 @@ def _doctest_objects(request, doctest_namespace):
         yield
         return
     directory = request.getfixturevalue("tmp_path")
+    (directory / "examples").symlink_to(request.config.rootpath / "examples")
     if "runs/" in request.node.dtest.docstring:
         shutil.copytree(request.getfixturevalue("_saved_runs")(), directory / "runs")
     monkeypatch = request.getfixturevalue("monkeypatch")
