@@ -175,7 +175,7 @@ def guided(prog: Callable, guide: Guide) -> Program:
         ... def choose():
         ...     ppl.answer(ppl.sample("x", dist.Categorical(torch.tensor([0.9, 0.1]))).item())
         >>> guide = Guide(x=Categorical(2))
-        >>> post = ppl.importance(guided(choose, guide), num_particles=2000, seed=0)
+        >>> post = ppl.importance(guided(choose, guide), num_particles=400, seed=0)
         >>> round(post.answer_distribution()[1], 1)
         0.1
     """
