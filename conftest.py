@@ -2,10 +2,25 @@
 
 ``lm`` is a tiny randomly initialised llama over the characters ``a b c e``
 (see ``tests/tiny.py``), ``program`` a two-step program over it, ``post``
-its SMC posterior, and ``coin`` a program of one biased coin flip.
+its SMC posterior, ``coin`` a program of one biased coin flip, and
+``no_e(lm, head, prompt, proposal)`` three letters without ``e``, guided by a
+learned twist head and a logits processor when given.
+
+For calibrated decisions, ``add(a, b)`` is a noisy adder that stands in for a
+solver (its ``check.score`` memo site is a verifier score), ``problems`` its
+``((a, b), answer)`` pairs, and ``cal`` and ``heldout`` two sets of 40
+problems (``inference.conformal.CalibrationData`` from importance posteriors).
+
+Each example runs in a temporary directory that holds only a link to the
+repository's ``examples/``. One whose text mentions ``runs/`` also finds
+there the run directories ``ppl run`` writes:
+``runs/demo`` (``post`` saved), ``runs/cal`` (a dataset run over 12 of
+``problems``) and ``runs/heldout`` (12 others, with conformal answer sets
+applied).
 """
 
 import math
+import shutil
 
 import numpy as np
 import pyro.distributions as dist
@@ -29,9 +44,108 @@ def two_letters(lm, prompt: str):
 
 
 @ppl.program
+def no_e(lm, head, prompt: str, proposal=None):
+    """Three one-letter steps, drawn with ``proposal`` and twisted by ``head`` (either may be
+    None); a condition rules out ``e``."""
+    text = ""
+    for i in range(3):
+        letter = ppl.step(
+            f"letter_{i}", lm, prompt + text, stop=(), max_tokens=1, logits_processor=proposal
+        )
+        if head is not None:
+            ppl.learned_twist(f"psi_{i}", head, lm, prompt + text, letter)
+        text += letter
+    ppl.condition("no_e", "e" not in text)
+    ppl.answer(text)
+
+
+@ppl.program
 def coin():
     """One biased coin flip (heads with probability 0.3); the answer is 1 for heads."""
     ppl.answer(int(ppl.sample("flip", dist.Bernoulli(0.3)).item()))
+
+
+def check_sum(a: int, b: int, answer: str) -> float:
+    """A verifier score of ``answer`` to ``a + b``; it is fooled on odd ``a``."""
+    return 0.9 if int(answer) == a + b else (0.6 if a % 2 else 0.1)
+
+
+@ppl.program
+def add(a: int, b: int):
+    """``a + b``, or off by one or two with a slip probability that grows with ``a % 5``."""
+    slip = 0.22 * (a % 5)
+    probs = torch.tensor([slip / 4, slip / 4, 1 - slip, slip / 4, slip / 4])
+    answer = str(a + b + int(ppl.sample("offset", dist.Categorical(probs)).item()) - 2)
+    ppl.memo("check.score", check_sum, a, b, answer)
+    ppl.answer(answer)
+
+
+PROBLEMS = [((a, 3 * a % 7), str(a + 3 * a % 7)) for a in range(80)]
+
+
+def _posterior(index: int) -> ppl.Posterior:
+    (a, b), _ = PROBLEMS[index]
+    return ppl.importance(add, a, b, num_particles=8, seed=index)
+
+
+@pytest.fixture(scope="session")
+def _calibration_sets():
+    from inference.conformal import from_posteriors
+
+    pairs = [(_posterior(i), PROBLEMS[i][1]) for i in range(len(PROBLEMS))]
+    return from_posteriors(pairs[:40]), from_posteriors(pairs[40:])
+
+
+def _save_dataset(directory, indices, calibration=None) -> None:
+    """What ``ppl run --dataset`` writes: one run directory per problem, then the summary."""
+    from ppl.cli.report import rundir
+
+    for index, problem in enumerate(indices):
+        (a, b), expected = PROBLEMS[problem]
+        posterior = _posterior(problem)
+        metadata = {"program": "add", "method": "importance", "index": index}
+        metadata |= {"problem_seed": problem, "input_text": f"{a} {b}", "expected": expected}
+        decision = calibration.predict(posterior, seed=problem) if calibration else None
+        rundir.save_run(
+            posterior,
+            rundir.problem_dir(directory, index),
+            metadata=metadata,
+            report=False,
+            decision=decision,
+        )
+    rundir.save_dataset_summary(
+        directory, metadata={"program": "add"}, total=len(indices), report=False
+    )
+
+
+@pytest.fixture(scope="session")
+def _saved_runs(tmp_path_factory, _calibration_sets):
+    """Build the run directories once, only for the examples that read them."""
+    built = {}
+
+    def build():
+        if not built:
+            from inference.conformal import AnswerSets
+            from ppl.cli.report import save_run
+
+            root = tmp_path_factory.mktemp("saved") / "runs"
+            save_run(
+                _post(make_tiny_lm()),
+                root / "demo",
+                metadata={"program": "two_letters"},
+                report=False,
+            )
+            _save_dataset(root / "cal", range(12))
+            sets = AnswerSets(alpha=0.2).calibrate(_calibration_sets[0])
+            _save_dataset(root / "heldout", range(40, 52), calibration=sets)
+            built["root"] = root
+        return built["root"]
+
+    return build
+
+
+def _post(lm) -> ppl.Posterior:
+    return ppl.smc(two_letters, lm, "a", num_particles=8, seed=0)
 
 
 @pytest.fixture(autouse=True)
@@ -39,6 +153,13 @@ def _doctest_objects(request, doctest_namespace):
     if not isinstance(request.node, pytest.DoctestItem):
         yield
         return
+    directory = request.getfixturevalue("tmp_path")
+    (directory / "examples").symlink_to(request.config.rootpath / "examples")
+    if "runs/" in request.node.dtest.docstring:
+        shutil.copytree(request.getfixturevalue("_saved_runs")(), directory / "runs")
+    monkeypatch = request.getfixturevalue("monkeypatch")
+    monkeypatch.chdir(directory)
+    cal, heldout = request.getfixturevalue("_calibration_sets")
     lm = make_tiny_lm()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model gains nothing from threads on a busy machine
@@ -52,7 +173,12 @@ def _doctest_objects(request, doctest_namespace):
         lm=lm,
         program=two_letters,
         coin=coin,
-        post=ppl.smc(two_letters, lm, "a", num_particles=8, seed=0),
+        no_e=no_e,
+        post=_post(lm),
+        add=add,
+        problems=PROBLEMS,
+        cal=cal,
+        heldout=heldout,
     )
     yield
     torch.set_num_threads(threads)

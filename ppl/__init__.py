@@ -1,8 +1,8 @@
 """pplscale: reasoning programs over language models, and inference engines to run them.
 
-Example:
-    >>> import ppl, models
-    >>> lm = models.default_lm()  # doctest: +SKIP
+Example (``lm`` is a backend: ``models.default_lm()`` loads the embedded
+SmolLM2-135M-Instruct; here it is a tiny model over the letters a, b, c, e):
+    >>> import ppl
     >>> @ppl.program
     ... def no_e(lm, prompt):
     ...     text = prompt
@@ -11,7 +11,16 @@ Example:
     ...         ppl.condition(f"ok{i}", "e" not in word.lower())
     ...         text += word
     ...     ppl.answer(text)
-    >>> ppl.smc(no_e, lm, "The", num_particles=16, seed=0).summary()  # doctest: +SKIP
+    >>> post = ppl.smc(no_e, lm, "a", num_particles=16, seed=0)
+    >>> all("e" not in answer for answer in post.answer_distribution())
+    True
+    >>> print(post.summary())  # doctest: +ELLIPSIS
+    answer       prob  count
+    'aca'       0.182      2
+    ...
+    method        smc   runs 1   particles 16
+    ESS           11.00
+    ...
 """
 
 import importlib

@@ -63,8 +63,10 @@ class LMStep(TorchDistribution):
     ``log p - log q``. ``log_prob`` scores a given ``Step`` (its ``token_ids``).
 
     Example:
-        >>> d = LMStep(lm, "The sky is", stop=(".",), max_tokens=8)  # doctest: +SKIP
-        >>> s = d.sample(); d.log_prob(s)                            # doctest: +SKIP
+        >>> d = LMStep(lm, "ab", stop=("c",), max_tokens=4)
+        >>> s = d.sample()  # a Step: its text, token ids and log-probability
+        >>> math.isclose(d.log_prob(s).item(), s.logp, abs_tol=1e-4), len(s.token_ids) <= 4
+        (True, True)
     """
 
     arg_constraints: dict = {}

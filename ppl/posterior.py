@@ -389,7 +389,11 @@ class Posterior:
         default the log weights. Ties go to the earlier particle.
 
         Example:
-            >>> post.best_of_n_answer("final_check.score")  # doctest: +SKIP
+            >>> new = ppl.importance(add, 4, 5, num_particles=8, seed=0)
+            >>> new.answers
+            ['7', '7', '11', '8', '9', '8', '8', '8']
+            >>> new.best_of_n_answer("check.score"), new.map_answer()
+            ('9', '8')
         """
         self._require_nonempty("best_of_n_answer")
         values = self.log_weights if scores is None else self._particle_scores(scores)
@@ -403,8 +407,11 @@ class Posterior:
         ``best_of_n_answer``. Empty when every score is zero.
 
         Example:
-            >>> post.weighted_vote([0.9, 0.2, 0.7])  # doctest: +SKIP
-            {'31': 0.8, '29': 0.2}
+            >>> votes = ppl.importance(add, 3, 2, num_particles=3, seed=0)
+            >>> votes.answers
+            ['5', '3', '7']
+            >>> {a: round(share, 3) for a, share in votes.weighted_vote([0.9, 0.2, 0.7]).items()}
+            {'5': 0.5, '7': 0.389, '3': 0.111}
         """
         values = self._particle_scores(scores)
         if (values < 0).any():

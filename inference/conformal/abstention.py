@@ -90,12 +90,13 @@ class Abstention:
     log(1 - risk)`` of the testing problems.
 
     Example:
-        >>> rule = Abstention(risk=0.1, delta=0.1)
-        >>> rule.calibrate(load_runs("runs/cal"))  # doctest: +SKIP
-        >>> rule.threshold, rule.answer_rate       # doctest: +SKIP
-        (0.8, 0.35)
-        >>> rule.predict(post).abstained           # doctest: +SKIP
+        >>> rule = Abstention(risk=0.2, delta=0.1).calibrate(cal)
+        >>> rule.threshold, rule.answer_rate
+        (0.38, 0.65)
+        >>> rule.predict(ppl.importance(add, 7, 5, num_particles=8, seed=0)).abstained
         True
+        >>> round(rule.evaluate(heldout).risk, 3)
+        0.077
     """
 
     method = "abstention"

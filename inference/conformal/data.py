@@ -44,8 +44,9 @@ def confidence_of(posterior: Posterior, confidence: Confidence = MAP_PROBABILITY
     An empty posterior has confidence 0.
 
     Example:
-        >>> confidence_of(post), confidence_of(post, "final_check.score")  # doctest: +SKIP
-        (0.75, 0.91)
+        >>> new = ppl.importance(add, 4, 5, num_particles=8, seed=0)  # MAP answer '8' (4 of 8)
+        >>> print(round(confidence_of(new), 3), round(confidence_of(new, "check.score"), 3))
+        0.5 0.1
     """
     if posterior.is_empty:
         return 0.0
@@ -109,9 +110,10 @@ class CalibrationExample:
 class CalibrationData:
     """Calibration problems, in order; ``split`` makes a random calibration/held-out split.
 
-    Example:
-        >>> data = load_runs("runs/arith-cal")                   # doctest: +SKIP
-        >>> calibration, heldout = data.split(50, seed=0)        # doctest: +SKIP
+    Example (``cal`` as ``from_posteriors`` or ``load_runs`` returns it):
+        >>> calibration, held_out = cal.split(30, seed=0)
+        >>> len(calibration), len(held_out), cal.accuracy, cal.sampled_rate
+        (30, 10, 0.7, 0.975)
     """
 
     examples: tuple[CalibrationExample, ...]
@@ -169,8 +171,10 @@ def from_posteriors(
     (default ``answers_match``).
 
     Example:
-        >>> data = from_posteriors([(ppl.importance(solve, lm, q, num_particles=8, seed=i), a)
-        ...                         for i, (q, a) in enumerate(problems)])  # doctest: +SKIP
+        >>> data = from_posteriors([(ppl.importance(add, a, b, num_particles=8, seed=i), answer)
+        ...                         for i, ((a, b), answer) in enumerate(problems[:20])])
+        >>> len(data), data.accuracy, data.sampled_rate
+        (20, 0.7, 1.0)
     """
     examples = []
     for index, pair in enumerate(pairs):

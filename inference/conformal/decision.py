@@ -24,9 +24,17 @@ class Decision:
     does not apply to this run.
 
     Example:
-        >>> decision = calibration.predict(post, seed=0)  # doctest: +SKIP
-        >>> print(decision.text())                        # doctest: +SKIP
-        answer set (90% coverage): '31', '32'
+        >>> from inference.conformal import AnswerSets
+        >>> sets = AnswerSets(alpha=0.1).calibrate(cal)
+        >>> decision = sets.predict(ppl.importance(add, 4, 5, num_particles=8, seed=0), seed=0)
+        >>> print(decision.text())  # doctest: +ELLIPSIS
+        answer set (90% coverage): '8', '7'
+          alpha: 0.1
+          score: lac
+          threshold: 0.875
+          set size: 2
+          calibration problems: 40
+          ...
     """
 
     method: str

@@ -52,8 +52,10 @@ def draws(posterior: Posterior, unit: str = "particle") -> list[Any]:
     """The answers a sequential rule sees, in order: per particle, or each run's MAP answer.
 
     Example:
-        >>> draws(ppl.run("smc", prog, num_runs=8, num_particles=16), "run")  # doctest: +SKIP
-        ['31', '31', '30', '31', None, '31', '31', '32']
+        >>> draws(ppl.run("smc", add, 4, 5, num_runs=8, num_particles=4, seed=0), "run")
+        ['8', '11', '11', '8', '9', '8', '11', '7']
+        >>> draws(ppl.importance(add, 4, 5, num_particles=8, seed=0))
+        ['7', '7', '11', '8', '9', '8', '8', '8']
     """
     check_unit(unit)
     if unit == "particle":

@@ -50,7 +50,9 @@ class LogitBiasProposal:
         >>> proposal = LogitBiasProposal(5)
         >>> proposal(torch.zeros(1, 5), [[]]).tolist()
         [[0.0, 0.0, 0.0, 0.0, 0.0]]
-        >>> token = ppl.step("t", lm, "The", logits_processor=proposal)  # doctest: +SKIP
+        >>> proposal = LogitBiasProposal.for_lm(lm)  # no_e passes it to its ppl.step calls
+        >>> ppl.smc(no_e, lm, None, "a", proposal, num_particles=8, seed=0).map_answer()
+        'ca'
     """
 
     def __init__(self, vocab_size: int):
@@ -64,7 +66,8 @@ class LogitBiasProposal:
         """A zero-bias proposal sized for ``lm``'s vocabulary.
 
         Example:
-            >>> proposal = LogitBiasProposal.for_lm(lm)  # doctest: +SKIP
+            >>> LogitBiasProposal.for_lm(lm)
+            LogitBiasProposal(5 tokens)
         """
         return cls(_vocab_size(lm))
 
@@ -87,7 +90,9 @@ class LogitBiasProposal:
         """``log q`` of the next token after each context, ``[len(contexts), vocab]``.
 
         Example:
-            >>> proposal.next_token_logprobs(lm, ["The sky is"]).exp()  # doctest: +SKIP
+            >>> proposal = LogitBiasProposal.for_lm(lm)  # a zero bias: the model's own
+            >>> proposal.next_token_logprobs(lm, ["ab"]).exp().round(decimals=3)
+            tensor([[0.3900, 0.3960, 0.1070, 0.0910, 0.0170]])
         """
         self.check_lm(lm)
         log_p = lm.next_token_logprobs(list(contexts)).float().cpu()
@@ -97,7 +102,11 @@ class LogitBiasProposal:
         """Write the bias to ``path``; see ``load``.
 
         Example:
-            >>> proposal.save("no_e_bias.pt")  # doctest: +SKIP
+            >>> proposal = LogitBiasProposal.for_lm(lm)
+            >>> proposal.bias.data[4] = -3.0
+            >>> proposal.save("no_e_bias.pt")
+            >>> LogitBiasProposal.load("no_e_bias.pt").bias.tolist()
+            [0.0, 0.0, 0.0, 0.0, -3.0]
         """
         save_checkpoint(
             path, _FORMAT, {"vocab_size": self.vocab_size, "bias": self.bias.detach().cpu().clone()}
@@ -108,7 +117,10 @@ class LogitBiasProposal:
         """Read a proposal written by ``save``.
 
         Example:
-            >>> proposal = LogitBiasProposal.load("no_e_bias.pt")  # doctest: +SKIP
+            >>> LogitBiasProposal(5).save("no_e_bias.pt")
+            >>> proposal = LogitBiasProposal.load("no_e_bias.pt")
+            >>> proposal, proposal.bias.requires_grad
+            (LogitBiasProposal(5 tokens), True)
         """
         data = load_checkpoint(path, _FORMAT, "a logit-bias proposal")
         bias = data["bias"]
@@ -158,12 +170,11 @@ def train_logit_bias(
     small rate and many iterations; a vocabulary of a few tokens can take 0.2.
 
     Example:
-        >>> proposal = LogitBiasProposal.for_lm(lm)  # doctest: +SKIP
-        >>> history = train_logit_bias(
-        ...     proposal, no_e, lm, "The", proposal, num_particles=64, num_iterations=30, seed=0
-        ... )  # doctest: +SKIP
-        >>> history.ess[-1] > history.ess[0]  # doctest: +SKIP
-        True
+        >>> proposal = LogitBiasProposal.for_lm(lm)
+        >>> history = train_logit_bias(proposal, no_e, lm, None, "a", proposal, num_particles=16,
+        ...                            num_iterations=5, learning_rate=0.3, seed=0)
+        >>> len(history.ess), lm.tokenizer.convert_ids_to_tokens(int(proposal.bias.argmin()))
+        (5, 'e')
     """
     if not isinstance(proposal, LogitBiasProposal):
         raise InvalidArgumentError(

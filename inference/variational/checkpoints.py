@@ -15,7 +15,7 @@ def save_checkpoint(path: str | Path, format_tag: str, data: dict[str, Any]) -> 
     """Write ``data`` (tensors and plain values) to ``path`` under ``format_tag``.
 
     Example:
-        >>> save_checkpoint("bias.pt", "pplscale-logit-bias/1", {"bias": b})  # doctest: +SKIP
+        >>> save_checkpoint("bias.pt", "pplscale-logit-bias/1", {"bias": torch.zeros(3)})
     """
     torch.save({"format": format_tag, **data}, Path(path))
 
@@ -27,7 +27,13 @@ def load_checkpoint(path: str | Path, format_tag: str, what: str) -> dict[str, A
 
     Example:
         >>> tag = "pplscale-logit-bias/1"
-        >>> data = load_checkpoint("bias.pt", tag, "a logit-bias proposal")  # doctest: +SKIP
+        >>> save_checkpoint("bias.pt", tag, {"bias": torch.zeros(3)})
+        >>> load_checkpoint("bias.pt", tag, "a logit-bias proposal")
+        {'format': 'pplscale-logit-bias/1', 'bias': tensor([0., 0., 0.])}
+        >>> load_checkpoint("bias.pt", "pplscale-twist-head/1", "a twist head")
+        Traceback (most recent call last):
+        ...
+        ppl.errors.SerializationError: bias.pt is not a twist head saved by pplscale (see save())
     """
     path = Path(path)
     try:

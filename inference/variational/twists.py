@@ -97,7 +97,9 @@ class TwistHead(nn.Module):
         """A fresh head sized for ``lm``'s step features.
 
         Example:
-            >>> head = TwistHead.for_lm(lm, hidden_size=64)  # doctest: +SKIP
+            >>> head = TwistHead.for_lm(lm, hidden_size=16)
+            >>> head.feature_size, head.hidden_size
+            (64, 16)
         """
         return cls(_feature_size(lm), hidden_size, seed=seed)
 
@@ -139,8 +141,12 @@ class TwistHead(nn.Module):
         """The twisted proposal of this head on ``lm`` (one object per backend; see there).
 
         Example:
-            >>> proposal = head.proposal(lm)  # doctest: +SKIP
-            >>> token = ppl.step("t0", lm, text, logits_processor=proposal)  # doctest: +SKIP
+            >>> head = TwistHead.for_lm(lm)
+            >>> proposal = head.proposal(lm)  # no_e passes it to its ppl.step calls
+            >>> proposal is head.proposal(lm), type(proposal).__name__
+            (True, 'TwistedProposal')
+            >>> ppl.smc(no_e, lm, head, "a", proposal, num_particles=8, seed=0).map_answer()
+            'ca'
         """
         proposals = self.__dict__.setdefault("_proposals", {})
         if id(lm) not in proposals:
@@ -151,7 +157,8 @@ class TwistHead(nn.Module):
         """Write the head (sizes, weights, standardisation) to ``path``; see ``load``.
 
         Example:
-            >>> head.save("twist.pt")  # doctest: +SKIP
+            >>> head = TwistHead.for_lm(lm, hidden_size=16)
+            >>> head.save("twist.pt")
         """
         state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
         save_checkpoint(
@@ -169,7 +176,11 @@ class TwistHead(nn.Module):
         """Read a head written by ``save``.
 
         Example:
-            >>> head = TwistHead.load("twist.pt")  # doctest: +SKIP
+            >>> head = TwistHead.for_lm(lm, hidden_size=16, seed=1)
+            >>> head.save("twist.pt")
+            >>> loaded = TwistHead.load("twist.pt")
+            >>> loaded.hidden_size, torch.equal(loaded.net[0].weight, head.net[0].weight)
+            (16, True)
         """
         data = load_checkpoint(path, _FORMAT, "a twist head")
         head = cls(int(data["feature_size"]), int(data["hidden_size"]))
@@ -190,8 +201,12 @@ class TwistedProposal:
     first used: train the head before proposing with it.
 
     Example:
-        >>> proposal = TwistedProposal(head, lm)  # doctest: +SKIP
-        >>> ppl.step("t", lm, "The", max_tokens=1, logits_processor=proposal)  # doctest: +SKIP
+        >>> head = TwistHead.for_lm(lm)
+        >>> train_twist(head, no_e, lm, head, "a", num_particles=16, num_epochs=50, seed=0)
+        TwistData(...)
+        >>> proposal = TwistedProposal(head, lm)
+        >>> ppl.importance(no_e, lm, None, "a", proposal, num_particles=8, seed=0).map_answer()
+        'ca'
     """
 
     uses_hidden_states = True
@@ -314,7 +329,10 @@ def collect_twist_data(
     as verifier probabilities and hard constraints are).
 
     Example:
-        >>> data = collect_twist_data(head, no_e, lm, head, "A", num_particles=9)  # doctest: +SKIP
+        >>> head = TwistHead.for_lm(lm)
+        >>> data = collect_twist_data(head, no_e, lm, head, "a", num_particles=16, seed=0)
+        >>> len(data), tuple(data.features.shape), data.labels.mean().item()  # 3 sites a rollout
+        (48, (48, 64), 0.9375)
     """
     collected: list[torch.Tensor] = []
     token = _COLLECTING.set((head, collected))
@@ -380,7 +398,11 @@ def fit_twist(
     the optimal twist. Sets the head's feature standardisation from the data.
 
     Example:
-        >>> losses = fit_twist(head, data, num_epochs=200)  # doctest: +SKIP
+        >>> head = TwistHead.for_lm(lm, hidden_size=16)
+        >>> data = collect_twist_data(head, no_e, lm, head, "a", num_particles=16, seed=0)
+        >>> losses = fit_twist(head, data, num_epochs=50)
+        >>> round(losses[0], 3), losses[-1] < losses[0]
+        (0.693, True)
     """
     if len(data) == 0:
         raise InvalidArgumentError("fit_twist needs at least one example")
@@ -422,9 +444,12 @@ def train_twist(
     data (``fit_twist`` can refit on it).
 
     Example:
-        >>> head = TwistHead.for_lm(lm, hidden_size=64)  # doctest: +SKIP
-        >>> train_twist(head, no_e, lm, head, "The", num_particles=512, seed=0)  # doctest: +SKIP
-        >>> head.save("no_e_twist.pt")  # doctest: +SKIP
+        >>> head = TwistHead.for_lm(lm, hidden_size=16)
+        >>> data = train_twist(head, no_e, lm, head, "a", num_particles=16, num_epochs=50, seed=0)
+        >>> len(data), data.labels.mean().item()
+        (48, 0.9375)
+        >>> ppl.smc(no_e, lm, head, "a", num_particles=8, seed=0).map_answer()
+        'ca'
     """
     data = collect_twist_data(
         head, program, *args, num_particles=num_particles, seed=seed, outcome=outcome, **kwargs

@@ -109,9 +109,10 @@ class Verifier(abc.ABC):
     program. ``calls`` counts the solutions scored.
 
     Example:
-        >>> v = ProgrammaticVerifier.calculator()  # doctest: +SKIP
-        >>> v.score("What is 2 + 3?", ["2 + 3 = 5\\n", "Answer: 5"])  # doctest: +SKIP
-        1.0
+        >>> from models.verifiers import ProgrammaticVerifier
+        >>> v = ProgrammaticVerifier.calculator()
+        >>> v.score("What is 2 + 3?", ["2 + 3 = 5\\n", "Answer: 5"]), v.calls
+        (1.0, 1)
     """
 
     def __init__(self, *, level: str, aggregate: str):
@@ -140,7 +141,9 @@ class Verifier(abc.ABC):
         """Per-step probabilities (one for outcome-level verifiers) of each item, batched.
 
         Example:
-            >>> v.step_scores([("q", ["1 + 1 = 2\\n", "2 + 2 = 5"])])  # doctest: +SKIP
+            >>> from models.verifiers import ProgrammaticVerifier
+            >>> v = ProgrammaticVerifier.calculator()
+            >>> v.step_scores([("q", ["1 + 1 = 2\\n", "2 + 2 = 5"])])
             [[1.0, 0.0]]
         """
         normalized = [(str(question), as_steps(steps)) for question, steps in items]
@@ -170,7 +173,9 @@ class Verifier(abc.ABC):
         """The aggregated probability that each solution is correct, batched.
 
         Example:
-            >>> v.score_batch([("q", ["1 + 1 = 2"]), ("q", ["1 + 1 = 3"])])  # doctest: +SKIP
+            >>> from models.verifiers import ProgrammaticVerifier
+            >>> v = ProgrammaticVerifier.calculator()
+            >>> v.score_batch([("q", ["1 + 1 = 2"]), ("q", ["1 + 1 = 3"])])
             [1.0, 0.0]
         """
         return [aggregate_scores(scores, self.aggregate) for scores in self.step_scores(items)]
@@ -201,7 +206,15 @@ class Verifier(abc.ABC):
         Returns the probability.
 
         Example:
-            >>> verifier.factor(f"verify_{i}", question, lines)  # doctest: +SKIP
+            >>> from models.verifiers import ProgrammaticVerifier
+            >>> calculator = ProgrammaticVerifier.calculator()
+            >>> @ppl.program
+            ... def guess():
+            ...     c = int(ppl.sample("c", dist.Categorical(torch.ones(8) / 8)))
+            ...     calculator.factor("check", "2 + 3?", [f"2 + 3 = {c}"])
+            ...     ppl.answer(c)
+            >>> ppl.importance(guess, num_particles=32, seed=0).answer_distribution()
+            {5: 1.0}
         """
         p = self.memo(f"{name}.score", question, steps)
         factor(name, to_log_weight(p, transform, temperature))
@@ -222,7 +235,18 @@ class Verifier(abc.ABC):
         when the program returns, so it does not change the target.
 
         Example:
-            >>> verifier.twist(f"prm_{i}", question, lines)  # doctest: +SKIP
+            >>> from models.verifiers import ProgrammaticVerifier
+            >>> calculator = ProgrammaticVerifier.calculator()
+            >>> @ppl.program
+            ... def count(prompt):
+            ...     lines = []
+            ...     for i in range(2):
+            ...         d = int(ppl.sample(f"d{i}", dist.Categorical(torch.ones(8) / 8)))
+            ...         lines.append(f"{i} + 1 = {d}\\n")
+            ...         calculator.twist(f"prm_{i}", prompt, lines)
+            ...     ppl.answer("".join(lines))
+            >>> ppl.smc(count, "count", num_particles=32, seed=0).answer_distribution()
+            {'0 + 1 = 1\\n1 + 1 = 2\\n': 1.0}
         """
         p = self.memo(name, question, steps)
         twist(to_log_weight(p, transform, temperature))
@@ -234,8 +258,11 @@ class Verifier(abc.ABC):
         """A batched log-score of traces (their ``ppl.step`` values as the steps), for beam search.
 
         Example:
-            >>> ppl.beam(solve, lm, q, beam_width=4, num_expansions=4,  # doctest: +SKIP
-            ...          score=prm.trace_scorer(q))
+            >>> from models.verifiers import ProgrammaticVerifier
+            >>> likes_c = ProgrammaticVerifier(lambda q, steps: (1 + "".join(steps).count("c")) / 3)
+            >>> ppl.beam(program, lm, "a", beam_width=2, num_expansions=4, seed=4,
+            ...          score=likes_c.trace_scorer("a")).answers
+            ['cb', 'ca']
         """
 
         def score_traces(traces: Sequence[Trace]) -> list[float]:

@@ -212,7 +212,10 @@ def apply_to_saved_run(directory: str | Path, calibration: Calibration) -> None:
     previous run already finished. The randomisation seed is the problem's seed.
 
     Example:
-        >>> apply_to_saved_run("runs/heldout/problems/00003", calibration)  # doctest: +SKIP
+        >>> sets = AnswerSets(alpha=0.1).calibrate(cal)
+        >>> apply_to_saved_run("runs/cal/problems/00003", sets)
+        >>> rundir.read_result("runs/cal/problems/00003")["calibration"]["labels"]
+        ["'3'", "'7'", "'4'"]
     """
     saved = rundir.load_run(directory)
     if saved.posterior is None:

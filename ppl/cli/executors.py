@@ -69,15 +69,20 @@ def run_dataset(
     (``"auto"`` for the one this machine belongs to); ``ray_init`` adds
     keyword arguments to ``ray.init``.
 
-    Example:
-        >>> def make_runner():  # doctest: +SKIP
-        ...     lm = models.OpenAILM("http://head:8000/v1", "qwen", tokenizer="/models/qwen")
+    Example (``make_runner`` would build its backend here, such as an
+    ``OpenAILM`` client of a shared server; ``add`` needs none):
+        >>> def make_runner():
         ...     def run_one(problem):
-        ...         post = ppl.smc(solve, lm, problem["question"], num_particles=16, seed=0)
+        ...         post = ppl.importance(add, problem["a"], problem["b"], num_particles=8, seed=0)
         ...         return {"answer": post.map_answer(), "log_evidence": post.log_evidence}
         ...     return run_one
-        >>> run_dataset(problems, make_runner, out_dir="results",  # doctest: +SKIP
-        ...             executor="ray", workers=8)
+        >>> problems = [{"id": "q1", "a": 2, "b": 3}, {"id": "q2", "a": 4, "b": 5}]
+        >>> run_dataset(problems, make_runner, out_dir="results")
+        DatasetRun(finished=['q1', 'q2'], skipped=[], failed={})
+        >>> run_dataset(problems, make_runner, out_dir="results")  # a rerun skips them
+        DatasetRun(finished=[], skipped=['q1', 'q2'], failed={})
+        >>> run_dataset(problems, make_runner, out_dir="results_ray",  # needs Ray
+        ...             executor="ray", workers=8)  # doctest: +SKIP
     """
     store = RunStore(out_dir)
     keyed = _keyed(problems)
@@ -174,8 +179,11 @@ def load_results(out_dir: str | os.PathLike) -> dict[str, object]:
     """The results written by ``run_dataset``, by problem id.
 
     Example:
-        >>> load_results("results")["q17"]  # doctest: +SKIP
-        {'answer': '42', 'log_evidence': -3.1}
+        >>> def make_runner():
+        ...     return lambda problem: {"answer": str(problem["a"] + problem["b"])}
+        >>> _ = run_dataset([{"id": "q17", "a": 40, "b": 2}], make_runner, out_dir="results")
+        >>> load_results("results")
+        {'q17': {'answer': '42'}}
     """
     store = RunStore(out_dir)
     results = {}

@@ -104,7 +104,10 @@ def load_jsonl(
     An ``id`` field names the problem, else its line number.
 
     Example:
-        >>> task = load_jsonl("gsm8k_test.jsonl")  # doctest: +SKIP
+        >>> line = '{"id": "q1", "question": "2 + 3?", "answer": "2 + 3 = 5 #### 5"}'
+        >>> _ = Path("problems.jsonl").write_text(line + "\\n")
+        >>> load_jsonl("problems.jsonl")
+        Task(name='problems', problems=(Problem(id='q1', question='2 + 3?', answers=('5',)),))
     """
     path = Path(path)
     problems = []
@@ -134,7 +137,12 @@ def load_bigbench(path: str | Path) -> Task:
     choices are the answers). The task's prompt prefixes are not applied.
 
     Example:
-        >>> task = load_bigbench("bigbench/tasks/elementary_math_qa")  # doctest: +SKIP
+        >>> examples = [{"input": "2 + 3", "target": "5"},
+        ...             {"input": "1 + 1", "target_scores": {"2": 1, "3": 0}}]
+        >>> Path("arith").mkdir()
+        >>> _ = Path("arith/task.json").write_text(json.dumps({"examples": examples}))
+        >>> [problem.answers for problem in load_bigbench("arith").problems]
+        [('5',), ('2',)]
     """
     path = Path(path)
     if path.is_dir():

@@ -33,7 +33,6 @@ from inference.conformal import (
 )
 from inference.conformal import stopping as stopping_module
 from inference.conformal import synthetic as synthetic_module
-from inference.conformal import units as units_module
 from inference.conformal.abstention import DEFAULT_THRESHOLDS
 from inference.conformal.synthetic import ConfidencePool, SamplingPool
 from inference.conformal.units import running_counts
@@ -365,7 +364,7 @@ def test_bad_decision_options_are_refused():
         StoppingRule(0.1).stop([0, 1])
 
 
-@pytest.mark.parametrize("module", [units_module, stopping_module, synthetic_module])
+@pytest.mark.parametrize("module", [stopping_module, synthetic_module])
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, extraglobs={"np": np}, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0

@@ -6,9 +6,12 @@ exports the particle genealogy. The numbers in a report come from the core
 (``ppl.diagnostics``).
 
 Example:
-    >>> from ppl.cli.report import load_runs, save_run
-    >>> save_run(post, "runs/demo", metadata={"program": "demo"})   # doctest: +SKIP
-    >>> data = load_runs("runs/cal")                                # doctest: +SKIP
+    >>> from ppl.cli.report import load_run, load_runs, save_run
+    >>> diagnostics = save_run(post, "runs/two_letters", metadata={"program": "two_letters"})
+    >>> load_run("runs/two_letters").posterior.map_answer()
+    'ca'
+    >>> len(load_runs("runs/cal"))  # the problems of a `ppl run --dataset` directory
+    12
 """
 
 from ppl.cli.report.rundir import SavedRun, load_run, load_runs, save_run, write_run_report

@@ -51,8 +51,10 @@ def run_report(
     ``Decision.to_dict()``) adds the calibrated decision and its guarantee.
 
     Example:
-        >>> page = run_report(post, diagnose(post), title="lipogram", metadata={})  # doctest: +SKIP
-        >>> Path("report.html").write_text(page)  # doctest: +SKIP
+        >>> from ppl.diagnostics import diagnose
+        >>> page = run_report(post, diagnose(post), title="two letters", metadata={})
+        >>> page.startswith("<!DOCTYPE html>"), "two letters" in page
+        (True, True)
     """
     d = diagnostics
     parts = [
@@ -205,7 +207,11 @@ def dataset_report(
     (``rundir.calibration_summary``) then adds how the decisions did.
 
     Example:
-        >>> page = dataset_report(rows, title="gsm", metadata={}, total=10)  # doctest: +SKIP
+        >>> from ppl.cli.report.rundir import read_result
+        >>> rows = read_result("runs/cal")["problems"]  # a `ppl run --dataset` directory
+        >>> page = dataset_report(rows, title="add", metadata={}, total=len(rows))
+        >>> page.startswith("<!DOCTYPE html>"), "add" in page
+        (True, True)
     """
     judged = [r for r in rows if r["correct"] is not None]
     accuracy = (

@@ -50,7 +50,7 @@ def ensure_writable(directory: str | Path) -> Path:
     """Create ``directory`` if needed and check that files can be written in it.
 
     Example:
-        >>> ensure_writable("runs/lipogram")  # doctest: +SKIP
+        >>> ensure_writable("runs/lipogram")
         PosixPath('runs/lipogram')
     """
     directory = Path(directory)
@@ -70,7 +70,12 @@ def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (``-inf`` as ``-Infinity``, as ``Posterior.save`` does).
 
     Example:
-        >>> write_json(Path("result.json"), {"format": 1})  # doctest: +SKIP
+        >>> write_json(Path("result.json"), {"format": 1, "log_evidence": -math.inf})
+        >>> print(Path("result.json").read_text())
+        {
+         "format": 1,
+         "log_evidence": -Infinity
+        }
     """
     write_atomic(path, json.dumps(data, indent=1))
 
@@ -104,7 +109,9 @@ def save_run(
     in ``result.json`` and shown in the report.
 
     Example:
-        >>> save_run(post, "runs/demo", metadata={"program": "lipogram"})  # doctest: +SKIP
+        >>> diagnostics = save_run(post, "runs/two_letters", metadata={"program": "two_letters"})
+        >>> diagnostics.answers[0].answer, sorted(os.listdir("runs/two_letters"))
+        ('ca', ['genealogy.graphml', 'posterior.nc', 'report.html', 'result.json'])
     """
     directory = ensure_writable(directory)
     diagnostics = diagnose(posterior)
@@ -161,7 +168,9 @@ def read_result(directory: str | Path) -> dict[str, Any]:
     """The ``result.json`` of a saved run or dataset run; ``ReportError`` if there is none.
 
     Example:
-        >>> read_result("runs/demo")["diagnostics"]["warnings"]  # doctest: +SKIP
+        >>> result = read_result("runs/demo")
+        >>> result["kind"], result["map_answer"], result["diagnostics"]["warnings"]
+        ('run', 'ca', [])
     """
     path = Path(directory) / RESULT_FILE
     if not Path(directory).is_dir():
@@ -183,7 +192,9 @@ def load_run(directory: str | Path) -> SavedRun:
     """Read a run directory written by ``save_run``.
 
     Example:
-        >>> saved = load_run("runs/demo"); saved.posterior.map_answer()  # doctest: +SKIP
+        >>> saved = load_run("runs/demo")
+        >>> saved.posterior.map_answer(), saved.metadata
+        ('ca', {'program': 'two_letters'})
     """
     result = read_result(directory)
     if result.get("kind") != "run":
@@ -203,7 +214,7 @@ def write_run_report(directory: str | Path, output: str | Path | None = None) ->
     """Render ``report.html`` of a saved run (or ``output``) from its ``result.json``.
 
     Example:
-        >>> write_run_report("runs/demo")  # doctest: +SKIP
+        >>> write_run_report("runs/demo")
         PosixPath('runs/demo/report.html')
     """
     saved = load_run(directory)
@@ -264,7 +275,9 @@ def problem_row(index: int, result: Mapping[str, Any]) -> dict[str, Any]:
     """The summary row of one finished problem (see ``html.dataset_report``).
 
     Example:
-        >>> problem_row(3, read_result(problem_dir("runs/ds", 3)))["answer"]  # doctest: +SKIP
+        >>> row = problem_row(3, read_result(problem_dir("runs/cal", 3)))
+        >>> row["input"], row["map_answer"], row["expected"], row["correct"]
+        ('3 2', '3', '5', False)
     """
     diagnostics = result["diagnostics"]
     metadata = result["metadata"]
@@ -320,8 +333,11 @@ def calibration_summary(rows: list[Mapping[str, Any]]) -> dict[str, Any] | None:
     problem had a calibration applied.
 
     Example:
-        >>> calibration_summary(read_result("runs/ds")["problems"])  # doctest: +SKIP
-        {'method': 'answer-sets', 'problems': 40, 'coverage': 0.9, ...}
+        >>> summary = calibration_summary(read_result("runs/heldout")["problems"])
+        >>> summary["method"], summary["problems"], round(summary["coverage"], 3)
+        ('answer-sets', 12, 0.833)
+        >>> calibration_summary(read_result("runs/cal")["problems"]) is None  # none applied
+        True
     """
     decided = [r["calibration"] for r in rows if r.get("calibration")]
     if not decided:
@@ -359,7 +375,9 @@ def save_dataset_summary(
     """Collect the finished problems' rows into ``result.json`` (and ``report.html``).
 
     Example:
-        >>> save_dataset_summary("runs/ds", metadata={}, total=10)["finished"]  # doctest: +SKIP
+        >>> summary = save_dataset_summary("runs/cal", metadata={"program": "add"}, total=13)
+        >>> summary["finished"], summary["total"], read_result("runs/cal")["finished"]
+        (12, 13, 12)
     """
     directory = Path(directory)
     store = problem_store(directory)
@@ -389,7 +407,8 @@ def write_dataset_report(
     """Render the dataset report from a dataset summary.
 
     Example:
-        >>> write_dataset_report("runs/ds", read_result("runs/ds"))  # doctest: +SKIP
+        >>> write_dataset_report("runs/cal", read_result("runs/cal"))
+        PosixPath('runs/cal/report.html')
     """
     directory = Path(directory)
     output = Path(output) if output is not None else directory / REPORT_FILE
@@ -418,9 +437,9 @@ def load_runs(
     expected answer (an ``answer`` or ``target`` field) and a saved posterior.
 
     Example:
-        >>> data = load_runs("runs/arith-cal")  # doctest: +SKIP
-        >>> len(data), data.accuracy, data.sampled_rate  # doctest: +SKIP
-        (60, 0.3, 0.55)
+        >>> data = load_runs("runs/cal")
+        >>> len(data), data.accuracy, data.sampled_rate
+        (12, 0.75, 1.0)
     """
     directory = Path(directory)
     problems = directory / PROBLEMS_DIR
