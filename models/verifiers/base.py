@@ -260,9 +260,9 @@ class Verifier(abc.ABC):
         Example:
             >>> from models.verifiers import ProgrammaticVerifier
             >>> likes_c = ProgrammaticVerifier(lambda q, steps: (1 + "".join(steps).count("c")) / 3)
-            >>> ppl.beam(program, lm, "a", beam_width=2, num_expansions=4, seed=4,
+            >>> ppl.beam(program, lm, "a", beam_width=2, num_expansions=4, seed=6,
             ...          score=likes_c.trace_scorer("a")).answers
-            ['cb', 'ca']
+            ['cc', 'cb']
         """
 
         def score_traces(traces: Sequence[Trace]) -> list[float]:
