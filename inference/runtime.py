@@ -450,14 +450,17 @@ class Scheduler:
         live = self.ledger is not None and Counter(
             entry[0] for (k, _), entry in self.in_flight.items() if k == key
         )
-        ended = []
-        for ticket, result in backend.advance():
-            entry = self.in_flight.pop((key, ticket), None)
-            if entry is not None:  # else a step submitted by someone else (dropped)
-                ended.append((entry, result))
+        ended = backend.advance()
         if live:
-            self.ledger.shared_pass(key, live, [(entry[0], result) for entry, result in ended])
-        for (runtime, policy, particle), result in ended:
+            owners = [self.in_flight.get((key, ticket)) for ticket, _ in ended]
+            charged = [(o[0], r) for o, (_, r) in zip(owners, ended, strict=True) if o]
+            self.ledger.shared_pass(key, live, charged)
+        for ticket, result in ended:
+            # Looked up one by one: going on with one particle may retire another.
+            entry = self.in_flight.pop((key, ticket), None)
+            if entry is None:
+                continue  # a step submitted by someone else, or dropped
+            runtime, policy, particle = entry
             runtime.in_flight -= 1
             particle.ticket = None
             self.charged(runtime, runtime.complete, policy, particle, result)
