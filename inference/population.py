@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.special import logsumexp
 
+from inference.cost_ledger import CostLedger
 from inference.resampling import Resampler
 from inference.runtime import Particle, Runtime, Scheduler
 from ppl.errors import InvalidArgumentError
@@ -274,15 +275,22 @@ def run_problems(
     max_rows: int = 64,
     resample: str = "systematic",
     ess_threshold: float = 0.5,
+    on_result: Callable[[int, Posterior], None] | None = None,
 ) -> list[Posterior]:
     """Run importance sampling or SMC on many problems whose particles share one running batch.
 
     Problems are admitted while their particles fit in ``max_rows`` rows (at
-    least one at a time); when a problem ends, the next one takes its rows.
-    Each keeps its own streams, barriers and weights, so its posterior is the
-    one ``ppl.importance`` / ``ppl.smc`` give it alone with the same seed; only
-    the cost differs (shared backends count the whole batch's prefill and
-    calls, wall time runs from the problem's admission).
+    least one at a time, so ``max_rows=1`` runs them one after another); when
+    a problem ends, the next one takes its rows. Each keeps its own streams,
+    barriers and weights, so its posterior is the one ``ppl.importance`` /
+    ``ppl.smc`` give it alone with the same seed. ``on_result(index,
+    posterior)`` is called as each problem finishes, before later ones.
+
+    Each posterior's cost is its own (``inference.cost_ledger``): generated
+    tokens and memo calls exactly, ``lm_calls`` the backend calls that carried
+    its requests, and the prefill of passes shared with other problems split
+    by the steps each brought into the pass; wall time runs from the
+    problem's admission to its end.
 
     Example:
         >>> problems = [Problem(solve, (lm, q), seed=k) for k, q in enumerate(qs)]  # doctest: +SKIP
@@ -297,7 +305,7 @@ def run_problems(
     if not 0.0 <= ess_threshold <= 1.0:
         raise InvalidArgumentError(f"ess_threshold must be in [0, 1], got {ess_threshold!r}")
     resampler = get_resampler(resample) if method == "smc" else None
-    scheduler = Scheduler()
+    scheduler = Scheduler(ledger=CostLedger())
     waiting = deque(enumerate(problems))
     results: list[Posterior | None] = [None] * len(problems)
     index_of: dict[int, int] = {}
@@ -318,13 +326,16 @@ def run_problems(
             population = Population(
                 runtime, num_particles, resampler=resampler, ess_threshold=ess_threshold
             )
-            population.init()
+            scheduler.charged(runtime, population.init)
             index_of[id(population)] = k
             runs.append((runtime, population))
         return runs
 
     def finished(runtime: Runtime, population: Population) -> None:
-        results[index_of.pop(id(population))] = population.finish()
+        k = index_of.pop(id(population))
+        results[k] = population.finish()
+        if on_result is not None:
+            on_result(k, results[k])
 
     scheduler.drive([], admit=admit, finished=finished)
     return results

@@ -27,6 +27,7 @@ import contextvars
 import dataclasses
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -145,6 +146,9 @@ class CostTracker:
         self.started = time.perf_counter()
         self.verifier_calls = 0
         self._before: dict[int, tuple[object, dict[str, int]]] = {}
+        # LM work charged by a shared scheduler's ledger (inference.cost_ledger), used
+        # instead of the counters' change when the run shares running batches.
+        self.charged: Cost | None = None
 
     def track(self, lm) -> None:
         if id(lm) not in self._before:
@@ -154,6 +158,8 @@ class CostTracker:
         total = Cost(
             verifier_calls=self.verifier_calls, wall_seconds=time.perf_counter() - self.started
         )
+        if self.charged is not None:
+            return total + self.charged
         for lm, before in self._before.values():
             after = lm.stats.snapshot()
             total += Cost(
@@ -189,6 +195,8 @@ class Runtime:
         self.tracker = CostTracker()
         self.scheduler = scheduler if scheduler is not None else Scheduler()
         self.in_flight = 0  # this run's LM steps being decoded
+        if self.scheduler.ledger is not None:
+            self.tracker.charged = Cost()
 
     # --- particles ----------------------------------------------------------------
     def start(self, index: int) -> Particle:
@@ -360,20 +368,27 @@ class Scheduler:
     Runs driven together share decode passes; each keeps its own streams,
     barriers and weights, so its result is the one it gets alone.
 
+    With a ``ledger`` (``inference.cost_ledger.CostLedger``) each run's cost
+    is its own work, not the change of the shared backends' counters.
+
     Example:
         >>> scheduler = Scheduler()
         >>> scheduler.drive([])
     """
 
-    def __init__(self):
+    def __init__(self, ledger=None):
         self.slots: dict[int, SlotLM] = {}
         self.in_flight: dict[tuple[int, int], tuple[Runtime, Policy, Particle]] = {}
+        self.ledger = ledger
 
     def submit(self, runtime: Runtime, policy: Policy, particles, seeds) -> None:
         lm = particles[0].pending.fn.lm
         backend = self.slots.get(id(lm))
         if backend is None:
             backend = self.slots[id(lm)] = lm if isinstance(lm, SlotLM) else BatchedSlots(lm)
+        if self.ledger is not None:
+            self.ledger.watch(lm)
+            self.ledger.joined(id(lm), runtime, len(particles))
         tickets = backend.submit([p.pending.fn.request for p in particles], seeds)
         for particle, ticket in zip(particles, tickets, strict=True):
             particle.ticket = (id(lm), ticket)
@@ -382,8 +397,10 @@ class Scheduler:
 
     def cancel(self, particle: Particle) -> None:
         if particle.ticket is not None:
-            self.slots[particle.ticket[0]].cancel([particle.ticket[1]])
+            generated = self.slots[particle.ticket[0]].cancel([particle.ticket[1]])
             runtime, _, _ = self.in_flight.pop(particle.ticket)
+            if self.ledger is not None and generated:
+                self.ledger.generated(runtime, sum(generated))
             runtime.in_flight -= 1
             particle.ticket = None
 
@@ -403,7 +420,10 @@ class Scheduler:
         try:
             while True:
                 active += admit() if admit is not None else []
-                moved = [runtime._start_choices(policy) for runtime, policy in active]
+                moved = [
+                    self.charged(runtime, runtime._start_choices, policy)
+                    for runtime, policy in active
+                ]
                 if finished is not None:
                     for run, run_moved in list(zip(active, moved, strict=True)):
                         if not run_moved and run[0].in_flight == 0:
@@ -422,15 +442,31 @@ class Scheduler:
                 self.cancel(particle)
             raise
 
+    def charged(self, runtime: Runtime, fn: Callable, *args):
+        """``fn(*args)``, its backend work charged to ``runtime`` when there is a ledger."""
+        if self.ledger is None:
+            return fn(*args)
+        with self.ledger.section(runtime):
+            return fn(*args)
+
     def _dispatch(self, key: int, backend: SlotLM) -> None:
-        for ticket, result in backend.advance():
+        live = self.ledger is not None and Counter(
+            entry[0] for (k, _), entry in self.in_flight.items() if k == key
+        )
+        ended = backend.advance()
+        if live:
+            owners = [self.in_flight.get((key, ticket)) for ticket, _ in ended]
+            charged = [(o[0], r) for o, (_, r) in zip(owners, ended, strict=True) if o]
+            self.ledger.shared_pass(key, live, charged)
+        for ticket, result in ended:
+            # Looked up one by one: going on with one particle may retire another.
             entry = self.in_flight.pop((key, ticket), None)
             if entry is None:
-                continue  # a step submitted by someone else (dropped)
+                continue  # a step submitted by someone else, or dropped
             runtime, policy, particle = entry
             runtime.in_flight -= 1
             particle.ticket = None
-            runtime.complete(policy, particle, result)
+            self.charged(runtime, runtime.complete, policy, particle, result)
         self._watch(key, backend)
 
     def _watch(self, key: int, backend: SlotLM) -> None:
@@ -450,7 +486,9 @@ class Scheduler:
             runtime.in_flight -= 1
             particle.ticket = None
             stopped = dataclasses.replace(backend.interrupt(ticket), logp=-math.inf)
-            runtime.complete(policy, particle, stopped)
+            if self.ledger is not None:
+                self.ledger.generated(runtime, len(stopped.token_ids))
+            self.charged(runtime, runtime.complete, policy, particle, stopped)
 
 
 def _text(value) -> str:

@@ -77,11 +77,16 @@ class RunningBatch:
         self.lm.stats.sample_calls += 1
         return tickets
 
-    def cancel(self, tickets: Sequence[int]) -> None:
-        for ticket in tickets:
-            self.steps.pop(ticket, None)
+    def cancel(self, tickets: Sequence[int]) -> list[int]:
+        """Drop the steps; return the tokens each had generated (0 for unknown tickets)."""
         dropped = set(tickets)
+        generated = {t: len(r.token_ids) for t, r in self.ended if t in dropped}
+        for ticket in tickets:
+            step = self.steps.pop(ticket, None)
+            if step is not None:
+                generated[ticket] = len(step.generated)
         self.ended = [(t, r) for t, r in self.ended if t not in dropped]
+        return [generated.get(t, 0) for t in tickets]
 
     def peek_top_logprobs(self, ticket: int) -> list[tuple[float, ...]]:
         return self.steps[ticket].top_logprobs

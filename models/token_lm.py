@@ -193,9 +193,9 @@ class TokenLM(LM, SlotLM):
         """
         return self._running_batch().advance()
 
-    def cancel(self, tickets: Sequence[int]) -> None:
-        """Stop decoding the given steps; their rows are reused."""
-        self._running_batch().cancel(tickets)
+    def cancel(self, tickets: Sequence[int]) -> list[int]:
+        """Stop decoding the given steps; their rows are reused. Returns their tokens so far."""
+        return self._running_batch().cancel(tickets)
 
     def peek_top_logprobs(self, ticket: int) -> list[tuple[float, ...]]:
         """The top log-probabilities of a live step's tokens so far (empty unless requested)."""

@@ -43,8 +43,11 @@ class SlotLM(abc.ABC):
         """Run one pass over every live step; return ``(ticket, result)`` of those that ended."""
 
     @abc.abstractmethod
-    def cancel(self, tickets: Sequence[int]) -> None:
-        """Stop the given steps; their results are never returned."""
+    def cancel(self, tickets: Sequence[int]) -> list[int] | None:
+        """Stop the given steps; their results are never returned.
+
+        May return the tokens each step had generated (None: not known).
+        """
 
     @property
     @abc.abstractmethod
@@ -110,9 +113,10 @@ class BatchedSlots(SlotLM):
             )
         return list(zip(tickets, results, strict=True))
 
-    def cancel(self, tickets: Sequence[int]) -> None:
+    def cancel(self, tickets: Sequence[int]) -> list[int]:
         for ticket in tickets:
             self._queued.pop(ticket, None)
+        return [0] * len(tickets)  # queued steps have generated nothing
 
     @property
     def busy(self) -> bool:

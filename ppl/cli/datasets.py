@@ -29,6 +29,7 @@ from ppl.errors import PPLError, RecipeError
 from ppl.posterior import Posterior
 
 Infer = Callable[[list, dict, int, Any], Posterior]
+InferMany = Callable[[list[tuple[list, dict, int]], Callable[[int, Posterior], None]], None]
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,14 @@ def run_dataset(
     placement: Placement,
     output: Output,
     calibration=None,
+    infer_many: InferMany | None = None,
 ) -> dict:
     """Run every problem not already finished in ``out_dir``; save each as it finishes.
 
-    ``infer_one(args, kwargs, seed, progress_bar)`` runs one problem. Returns
-    the JSON summary that ``ppl run --json`` prints.
+    ``infer_one(args, kwargs, seed, progress_bar)`` runs one problem;
+    ``infer_many`` (``ppl.cli.recipes.packed_infer``), if given, runs the
+    local problems together in one running batch. Returns the JSON summary
+    that ``ppl run --json`` prints.
     """
     pending = _pending(spec, problems, out_dir, calibration)
     skipped = len(problems) - len(pending)
@@ -73,7 +77,11 @@ def run_dataset(
             bar.update(1)
 
         failed: dict[int, _ProblemFailure] = {}
-        if placement.executor == "local":
+        if placement.executor == "local" and infer_many is not None:
+            indices = list(pending)
+            runs = [(pending[i]["args"], pending[i]["kwargs"], pending[i]["seed"]) for i in indices]
+            infer_many(runs, lambda k, posterior: save(indices[k], posterior))
+        elif placement.executor == "local":
             for index, problem in pending.items():
                 save(index, infer_one(problem["args"], problem["kwargs"], problem["seed"], None))
         else:

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from inference.population import Problem, run_problems
 from inference.registry import ENGINES, Engine
 from inference.runs import run
 from ppl.errors import RecipeError
@@ -136,6 +137,40 @@ def infer(spec: RunSpec, engine: Engine, program, lm, args, kwargs, seed: int) -
     if spec.runs == 1:
         return engine.fn(program, lm, *args, seed=seed, **method_kwargs)
     return run(engine.fn, program, lm, *args, num_runs=spec.runs, seed=seed, **method_kwargs)
+
+
+# Engines whose runs on many problems can share one running batch, with the
+# settings that sharing supports (inference.population.run_problems).
+PACKED_SETTINGS = {"importance": (), "smc": ("resample", "ess_threshold")}
+
+
+def packed_infer(spec: RunSpec, engine: Engine, program, lm, max_rows: int):
+    """A function running many problems' ``infer`` in one running batch, or None if it cannot.
+
+    The function takes ``[(args, kwargs, seed), ...]`` and ``on_result(k,
+    posterior)``, called as each problem finishes with the posterior ``infer``
+    gives it alone. Engines other than importance and SMC, several runs per
+    problem, and SMC with rejuvenation run one problem at a time.
+    """
+    settings = dict(spec.parameters)
+    if settings.get("rejuvenation_steps") == 0:
+        del settings["rejuvenation_steps"]
+    allowed = PACKED_SETTINGS.get(engine.name)
+    if allowed is None or spec.runs != 1 or not set(settings) <= set(allowed):
+        return None
+
+    def infer_many(runs, on_result) -> None:
+        problems = [Problem(program, (lm, *args), kwargs, seed) for args, kwargs, seed in runs]
+        run_problems(
+            engine.name,
+            problems,
+            num_particles=spec.particles,
+            max_rows=max_rows,
+            on_result=on_result,
+            **settings,
+        )
+
+    return infer_many
 
 
 def load_recipe(path: str | Path) -> RunSpec:

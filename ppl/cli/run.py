@@ -28,6 +28,7 @@ from ppl.cli.recipes import (
     available_methods,
     infer,
     load_recipe,
+    packed_infer,
     parse_input_json,
     parse_parameter,
     resolve_method,
@@ -83,6 +84,14 @@ from ppl.posterior import Posterior
     help="With --executor ray: the cluster to join ('auto', or HOST:PORT); "
     "default: a local cluster started for the run.",
 )
+@click.option(
+    "--rows",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="With --dataset here: rows of the running batch that importance and SMC runs of "
+    "several problems share; 1 runs one problem at a time. Results do not depend on it.",
+)
 @click.option("--model", help=f"Language model: {MODELS}. [default: default]")
 @click.option("--seed", type=int, help="Random seed. [default: 0]")
 @click.option(
@@ -116,6 +125,7 @@ def run(
     executor: str,
     workers: int | None,
     ray_address: str | None,
+    rows: int,
     model: str | None,
     seed: int | None,
     params: Sequence[str],
@@ -204,7 +214,13 @@ def run(
         )
         return
     placement = Placement(executor, workers or 2, ray_address)
-    summary = run_dataset(spec, problems, out_dir, infer_one, placement, output, calibration)
+    # Without a model there is no running batch to share.
+    infer_many = (
+        packed_infer(spec, engine, program, lm, rows) if lm is not None and rows > 1 else None
+    )
+    summary = run_dataset(
+        spec, problems, out_dir, infer_one, placement, output, calibration, infer_many
+    )
     output.result({"out": str(out_dir), **summary})
 
 

@@ -397,6 +397,42 @@ def test_dataset_on_ray_workers_saves_what_finished_and_matches_local(tmp_path, 
         assert distributed.log_evidence == pytest.approx(here.log_evidence)
 
 
+@pytest.mark.parametrize("method", ["smc", "importance"])
+def test_dataset_packed_in_one_batch_matches_one_at_a_time(tmp_path, tiny_model_dir, method):
+    dataset = write_dataset(tmp_path, [{"args": [p]} for p in ("a", "ab", "ba", "c", "cab")])
+
+    def run_dataset(out, rows):
+        return invoke(
+            "run",
+            f"{PROGRAMS}:letters",
+            "--dataset",
+            dataset,
+            "--model",
+            f"hf:{tiny_model_dir}",
+            "--method",
+            method,
+            "--particles",
+            4,
+            "--rows",
+            rows,
+            "--out",
+            out,
+            "--json",
+        )
+
+    packed, alone = run_dataset(tmp_path / "packed", 12), run_dataset(tmp_path / "alone", 1)
+    assert packed.exit_code == 0, packed.output
+    assert alone.exit_code == 0, alone.output
+    assert json.loads(packed.stdout)["problems"] == json.loads(alone.stdout)["problems"]
+    for index in range(5):
+        shared = rundir.load_run(rundir.problem_dir(tmp_path / "packed", index)).posterior
+        here = rundir.load_run(rundir.problem_dir(tmp_path / "alone", index)).posterior
+        assert shared.answers == here.answers
+        assert shared.log_weights.tolist() == pytest.approx(here.log_weights.tolist())
+        # Each problem is charged its own tokens, not the batch's.
+        assert shared.cost.tokens_generated == here.cost.tokens_generated > 0
+
+
 def test_ray_options_need_a_dataset_on_ray(tmp_path):
     dataset = write_dataset(tmp_path, [{"input": "a"}])
     assert_fails(

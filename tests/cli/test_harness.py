@@ -169,7 +169,7 @@ def test_rerun_reuses_finished_runs_and_adds_new_cells(setup, tmp_path):
 
 def test_interrupted_bench_continues_where_it_stopped(setup, tmp_path):
     out = tmp_path / "out"
-    crashed = invoke(setup, out, methods="importance,smc", env={"BENCH_CRASH": "1"})
+    crashed = invoke(setup, out, "--rows", "1", methods="importance,smc", env={"BENCH_CRASH": "1"})
     assert isinstance(crashed.exception, RuntimeError)
     assert "rerun the command to continue" in "\n".join(crashed.exception.__notes__)
     finished = read_runs(out)
@@ -184,6 +184,57 @@ def test_interrupted_bench_continues_where_it_stopped(setup, tmp_path):
     assert all(run in runs for run in finished)
     keys = [(r["engine"], r["budget"], r["seed"], r["problem"]) for r in runs]
     assert len(keys) == len(set(keys)) == 20
+
+
+def _comparable(run):
+    # Shared passes split prefill and calls differently; times differ run to run.
+    ignored = ("wall_seconds", "verifier_seconds", "tokens_prefilled", "lm_calls")
+    return {k: v for k, v in run.items() if k not in ignored}
+
+
+PACKED = "importance,majority,smc,particle_filtering"
+
+
+def test_packed_problems_give_the_records_of_one_at_a_time(setup, tmp_path):
+    packed = invoke(setup, tmp_path / "packed", "--rows", "8", methods=PACKED, budgets="1,3")
+    alone = invoke(setup, tmp_path / "alone", "--rows", "1", methods=PACKED, budgets="1,3")
+    assert packed.exit_code == 0, packed.output
+    assert alone.exit_code == 0, alone.output
+    packed_runs, alone_runs = read_runs(tmp_path / "packed"), read_runs(tmp_path / "alone")
+    assert len(packed_runs) == 3 * 2 * 10
+    # Same answers, correctness and generated tokens per problem: each problem is
+    # charged its own tokens although up to 8 rows of several problems shared passes.
+    assert [_comparable(r) for r in packed_runs] == [_comparable(r) for r in alone_runs]
+    assert {r["tokens_generated"] for r in packed_runs if r["budget"] == 3} == {6}
+    # Each problem's prefill share is its own: the shares add up to no more than
+    # the problems prefill one after another (packed passes reuse no more than that).
+    for budget in (1, 3):
+        share = sum(r["tokens_prefilled"] for r in packed_runs if r["budget"] == budget)
+        assert 0 < share <= sum(r["tokens_prefilled"] for r in alone_runs if r["budget"] == budget)
+    accuracy = [
+        [(r["method"], r["budget"], r["accuracy"]) for r in read_csv(tmp_path / d / "results.csv")]
+        for d in ("packed", "alone")
+    ]
+    assert accuracy[0] == accuracy[1]
+
+
+def test_interrupted_packed_bench_keeps_every_finished_problem(setup, tmp_path):
+    out = tmp_path / "out"
+    crashed = invoke(setup, out, "--rows", "4", methods="importance", env={"BENCH_CRASH": "1"})
+    assert isinstance(crashed.exception, RuntimeError)
+    assert "rerun the command to continue" in "\n".join(crashed.exception.__notes__)
+    finished = read_runs(out)
+    # "cc" (the seventh problem) is admitted once three of the first six have ended.
+    assert 3 <= len(finished) <= 6
+    assert {r["problem"] for r in finished} <= {"1", "2", "3", "4", "5", "6"}
+    resumed = invoke(setup, out, "--rows", "4", methods="importance")
+    assert resumed.exit_code == 0, resumed.output
+    assert f"{10 - len(finished)} runs computed, {len(finished)} reused" in resumed.output
+    whole = invoke(setup, tmp_path / "whole", "--rows", "4", methods="importance")
+    assert whole.exit_code == 0, whole.output
+    runs = read_runs(out)
+    assert all(run in runs for run in finished)
+    assert [_comparable(r) for r in runs] == [_comparable(r) for r in read_runs(tmp_path / "whole")]
 
 
 def test_unreadable_record_is_run_again(setup, tmp_path):

@@ -46,3 +46,60 @@ def test_bad_packing_settings_are_clear_errors():
         run_problems("beam", [], num_particles=2)
     with pytest.raises(ppl.InvalidArgumentError, match="max_rows"):
         run_problems("smc", [], num_particles=2, max_rows=0)
+
+
+def _counters(cost):
+    return (
+        cost.tokens_generated,
+        cost.tokens_prefilled,
+        cost.tokens_scored,
+        cost.lm_calls,
+        cost.verifier_calls,
+    )
+
+
+def _alone(method, prompts, options):
+    lm = make_tiny_lm(seed=3)
+    engine = getattr(ppl, method)
+    posts = [
+        engine(continue_text, lm, p, num_particles=4, seed=10 + k, **options)
+        for k, p in enumerate(prompts)
+    ]
+    return lm, posts
+
+
+@pytest.mark.parametrize("method", ["smc", "importance"])
+def test_one_row_at_a_time_costs_what_runs_alone_cost(method):
+    options = {"ess_threshold": 1.0} if method == "smc" else {}
+    _, alone = _alone(method, PROMPTS, options)
+    lm = make_tiny_lm(seed=3)
+    problems = [Problem(continue_text, (lm, p), seed=10 + k) for k, p in enumerate(PROMPTS)]
+    packed = run_problems(method, problems, num_particles=4, max_rows=1, **options)
+    assert [_counters(p.cost) for p in packed] == [_counters(p.cost) for p in alone]
+    assert all(p.cost.tokens_generated > 0 for p in packed)
+
+
+@pytest.mark.parametrize("method", ["smc", "importance"])
+def test_packed_costs_are_each_problems_own(method):
+    options = {"ess_threshold": 1.0} if method == "smc" else {}
+    _, alone = _alone(method, PROMPTS, options)
+    lm = make_tiny_lm(seed=3)
+    problems = [Problem(continue_text, (lm, p), seed=10 + k) for k, p in enumerate(PROMPTS)]
+    finished = []
+    packed = run_problems(
+        method,
+        problems,
+        num_particles=4,
+        max_rows=64,
+        on_result=lambda k, post: finished.append((k, post)),
+        **options,
+    )
+    # Every problem ran with every other in the batch, yet is charged its own tokens,
+    # speculative tokens of cancelled steps included, and nothing is charged twice.
+    assert [p.cost.tokens_generated for p in packed] == [p.cost.tokens_generated for p in alone]
+    assert sum(p.cost.tokens_generated for p in packed) == lm.stats.tokens_generated
+    assert sum(p.cost.tokens_prefilled for p in packed) == lm.stats.tokens_prefilled
+    assert [p.cost.verifier_calls for p in packed] == [p.cost.verifier_calls for p in alone]
+    assert all(0 < p.cost.lm_calls <= lm.stats.sample_calls for p in packed)
+    assert sorted(k for k, _ in finished) == list(range(len(PROMPTS)))
+    assert all(packed[k] is post for k, post in finished)

@@ -97,7 +97,9 @@ def test_cancelled_steps_are_never_returned_and_free_their_rows():
     first = [t for t, _ in lm.advance()]
     cancelled = [t for t in tickets[:3] if t not in first]
     assert cancelled  # some cancelled steps were still decoding
-    lm.cancel(tickets[:3])
+    generated = lm.cancel(tickets[:3])
+    # One pass drew one token of each live step; a step already returned counts 0.
+    assert generated == [1 if t in cancelled else 0 for t in tickets[:3]]
     later = []
     while lm.busy:
         later += [t for t, _ in lm.advance()]
@@ -129,7 +131,7 @@ def test_batched_slots_serve_a_backend_without_a_running_batch():
 
     slots = BatchedSlots(Counting(make_tiny_lm()))
     tickets = slots.submit(_requests()[:3], [1, 2, 3])
-    slots.cancel(tickets[:1])
+    assert slots.cancel(tickets[:1]) == [0]  # queued steps have generated nothing
     assert [t for t, _ in slots.advance()] == tickets[1:]
     assert Counting.calls == 1 and not slots.busy and slots.advance() == []
 

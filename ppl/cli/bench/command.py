@@ -16,8 +16,10 @@ from ppl.cli.bench.engines import (
     METHODS,
     VERIFIER_METHODS,
     load_verifier,
+    packs,
     predictions,
     run_engine,
+    run_packed,
     run_seed,
 )
 from ppl.cli.bench.summary import fit_scaling_laws, summarize, write_outputs
@@ -159,6 +161,14 @@ def _method_list(ctx, param, value: str) -> list[str]:
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
     help="With --fit: posterior probability the planned budget must reach the target with.",
 )
+@click.option(
+    "--rows",
+    default=64,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Rows of the running batch that importance and SMC runs of several problems "
+    "share; 1 runs one problem at a time. Results do not depend on it.",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def bench(
     task_spec,
@@ -176,13 +186,16 @@ def bench(
     fit_law,
     target_accuracy,
     confidence,
+    rows,
     progress,
 ):
     """Accuracy against compute for inference methods on a task suite.
 
     Writes DIR/results.csv, DIR/results.json and DIR/accuracy.png (accuracy vs
     budget and vs tokens, 95% Wilson intervals over problems). Each finished
-    run is saved under DIR/runs/; rerunning the command skips them.
+    run is saved under DIR/runs/; rerunning the command skips them. Importance
+    and SMC runs of one budget and seed on many problems share one running
+    batch of up to --rows rows, each saved as soon as it finishes.
 
     Example: ppl bench --task arithmetic --program examples/arithmetic_steps.py:arithmetic
     --budgets 1,2,4,8 --out bench/arithmetic
@@ -217,9 +230,8 @@ def bench(
     except PPLError as error:
         raise click.ClickException(str(error)) from None
     engines = list(dict.fromkeys(METHODS[m] for m in methods))
-    records, computed = _run_all(
-        store, engines, budgets, seeds, task, config, program, lm, scorer, progress
-    )
+    context = _Context(task, config, program, lm, scorer, rows)
+    records, computed = _run_all(store, engines, budgets, seeds, context, progress)
     rows = summarize(records, methods, budgets, seeds)
     title = f"{task.name}: {len(task)} problems, {seeds} seed{'s' if seeds > 1 else ''}"
     write_outputs(out, config, rows, title)
@@ -229,20 +241,36 @@ def bench(
         _print_fits(fits, target_accuracy, confidence, out)
 
 
-def _run_all(store, engines, budgets, seeds, task, config, program, lm, scorer, progress):
+@dataclass(frozen=True)
+class _Context:
+    """What every run of one benchmark needs."""
+
+    task: Task
+    config: BenchConfig
+    program: object
+    lm: object
+    scorer: object
+    rows: int
+
+
+def _run_all(store, engines, budgets, seeds, context: _Context, progress):
     """Run every (engine, budget, seed, problem) not yet in ``store``; return all records.
 
-    Also returns how many runs were computed now.
+    Also returns how many runs were computed now. Each record is saved as soon
+    as its run finishes, so an interrupted benchmark loses no finished run.
     """
     todo = [
         (engine, budget, s, index, problem)
         for s in range(seeds)
         for budget in budgets
         for engine in engines
-        for index, problem in enumerate(task)
+        for index, problem in enumerate(context.task)
     ]
     records = {key: store.load(key) for key in (_key(e, b, s, p) for e, b, s, _, p in todo)}
     todo = [run for run in todo if records[_key(run[0], run[1], run[2], run[4])] is None]
+    groups: dict[tuple[str, int, int], list[tuple[int, Problem]]] = {}
+    for engine, budget, s, index, problem in todo:
+        groups.setdefault((engine, budget, s), []).append((index, problem))
     bar = tqdm(
         total=len(records),
         initial=len(records) - len(todo),
@@ -251,40 +279,78 @@ def _run_all(store, engines, budgets, seeds, task, config, program, lm, scorer, 
         file=sys.stderr,
         desc="bench",
     )
-    for engine, budget, s, index, problem in todo:
-        bar.set_postfix_str(f"{engine} budget={budget} seed={s}", refresh=False)
-        try:
-            record = _run_one(engine, budget, s, index, problem, task, config, program, lm, scorer)
-        except BaseException as error:
-            bar.close()
-            error.add_note(
-                f"bench stopped at {engine} budget={budget} seed={s} problem {problem.id!r}; "
-                f"finished runs are kept in {store.directory / RUNS_DIR}: rerun the command to "
-                "continue"
-            )
-            raise
+
+    def save(engine, budget, s, problem, record) -> None:
         key = _key(engine, budget, s, problem)
         store.save(key, record)
         records[key] = record
         bar.update()
+
+    for (engine, budget, s), problems in groups.items():
+        bar.set_postfix_str(f"{engine} budget={budget} seed={s}", refresh=False)
+        try:
+            _run_group(engine, budget, s, problems, context, save)
+        except BaseException as error:
+            bar.close()
+            error.add_note(
+                f"bench stopped at {engine} budget={budget} seed={s}; finished runs are kept "
+                f"in {store.directory / RUNS_DIR}: rerun the command to continue"
+            )
+            raise
     bar.close()
     return list(records.values()), len(todo)
 
 
-def _run_one(engine, budget, s, index, problem, task, config, program, lm, scorer) -> dict:
-    """One engine run on one problem, as the record the store keeps."""
-    started = time.perf_counter()
-    posterior = run_engine(
-        engine,
-        program,
-        lm,
-        problem.question,
-        budget,
-        run_seed(config.seed, s, index),
-        scorer,
-        config.beam_expansions,
-    )
-    answers, verifier_cost = predictions(engine, posterior, task, problem, scorer)
+def _run_group(engine, budget, s, problems, context: _Context, save) -> None:
+    """Run ``engine`` at ``budget`` and seed ``s`` on ``problems``, saving each record."""
+    seeds = [run_seed(context.config.seed, s, index) for index, _ in problems]
+    if packs(engine) and context.rows > 1:
+
+        def on_result(k: int, posterior) -> None:
+            problem = problems[k][1]
+            wall = posterior.cost.wall_seconds  # from its admission to its end
+            record = _record(engine, budget, s, problem, posterior, context, wall)
+            save(engine, budget, s, problem, record)
+
+        runs = [
+            (problem.question, seed) for (_, problem), seed in zip(problems, seeds, strict=True)
+        ]
+        run_packed(engine, context.program, context.lm, runs, budget, context.rows, on_result)
+        return
+    for (_, problem), seed in zip(problems, seeds, strict=True):
+        started = time.perf_counter()
+        try:
+            posterior = run_engine(
+                engine,
+                context.program,
+                context.lm,
+                problem.question,
+                budget,
+                seed,
+                context.scorer,
+                context.config.beam_expansions,
+            )
+        except BaseException as error:
+            error.add_note(f"while running problem {problem.id!r}")
+            raise
+        wall = time.perf_counter() - started
+        save(
+            engine,
+            budget,
+            s,
+            problem,
+            _record(engine, budget, s, problem, posterior, context, wall),
+        )
+
+
+def _record(engine, budget, s, problem, posterior, context: _Context, wall: float) -> dict:
+    """One engine run on one problem, as the record the store keeps.
+
+    ``wall`` is the engine's time on the problem (from its admission to its
+    end when problems share a batch); verifier scoring is timed apart.
+    """
+    task = context.task
+    answers, verifier_cost = predictions(engine, posterior, task, problem, context.scorer)
     cost = posterior.cost
     return {
         "engine": engine,
@@ -303,7 +369,7 @@ def _run_one(engine, budget, s, index, problem, task, config, program, lm, score
         "verifier_seconds": verifier_cost["verifier_seconds"],
         "coverage": verifier_cost["coverage"],
         "verified_coverage": verifier_cost["verified_coverage"],
-        "wall_seconds": time.perf_counter() - started - verifier_cost["verifier_seconds"],
+        "wall_seconds": wall,
     }
 
 

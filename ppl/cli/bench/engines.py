@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from inference import population
 from inference.registry import get_engine
 from ppl.cli.loading import load_target
 from ppl.cli.tasks import Problem, Task
@@ -40,6 +41,8 @@ VERIFIER_METHODS = ("best_of_n", "weighted_majority")
 # Runs that are a registered engine with fixed settings: particle filtering as in
 # Puri et al. 2025 and its_hub resamples after every step.
 ENGINE_PRESETS = {"particle_filtering": ("smc", {"ess_threshold": 1.0})}
+# Registered engines whose runs on many problems share one running batch.
+PACKED_ENGINES = ("importance", "smc")
 
 
 def load_verifier(spec: str | None, lm):
@@ -95,6 +98,38 @@ def run_engine(
         num_expansions=num_expansions,
         seed=seed,
         score=score,
+    )
+
+
+def packs(engine: str) -> bool:
+    """Whether ``engine``'s runs on many problems can share one running batch."""
+    return ENGINE_PRESETS.get(engine, (engine, {}))[0] in PACKED_ENGINES
+
+
+def run_packed(
+    engine: str,
+    program,
+    lm,
+    runs: list[tuple[str, int]],
+    budget: int,
+    max_rows: int,
+    on_result: Callable[[int, Posterior], None],
+) -> None:
+    """``run_engine`` on every ``(question, seed)`` of ``runs``, their particles in one batch.
+
+    Problems are admitted while their particles fit in ``max_rows`` rows; each
+    gets the posterior and cost ``run_engine`` gives it alone, passed to
+    ``on_result(index, posterior)`` as soon as it finishes.
+    """
+    name, settings = ENGINE_PRESETS.get(engine, (engine, {}))
+    problems = [population.Problem(program, (lm, q), seed=seed) for q, seed in runs]
+    population.run_problems(
+        name,
+        problems,
+        num_particles=budget,
+        max_rows=max_rows,
+        on_result=on_result,
+        **settings,
     )
 
 
