@@ -63,6 +63,12 @@ def check_positive_int(name: str, value) -> int:
 class Population:
     """The importance / SMC policy: ``init`` starts the particles, ``step`` decides a round.
 
+    ``resampler=None`` never resamples (importance sampling). ``rejuvenate``,
+    if given, is called after each resampling with the traces, their pending
+    choices, the number of rounds so far and the round's generator, and returns
+    moved traces and pending choices; it must leave the current intermediate
+    target invariant, so the equal weights stay proper.
+
     Example:
         >>> runtime = Runtime(program, (), {}, seed=0, method="smc")  # doctest: +SKIP
         >>> population = Population(  # doctest: +SKIP
@@ -235,15 +241,10 @@ def run_population(
     ess_threshold: float,
     seed: int | None,
     method: str,
-    rejuvenate: Rejuvenate | None = None,
 ) -> Posterior:
     """Run ``num_particles`` particles to completion; resample when ESS < threshold * N.
 
-    ``resampler=None`` never resamples (importance sampling). ``rejuvenate``,
-    if given, is called after each resampling with the traces, their pending
-    choices, the number of rounds so far and the round's generator, and returns
-    moved traces and pending choices; it must leave the current intermediate
-    target invariant, so the equal weights stay proper.
+    ``resampler=None`` never resamples (importance sampling).
     """
     num_particles = check_positive_int("num_particles", num_particles)
     runtime = Runtime(program, args, kwargs, seed=seed, method=method)
@@ -252,7 +253,6 @@ def run_population(
         num_particles,
         resampler=resampler,
         ess_threshold=ess_threshold,
-        rejuvenate=rejuvenate,
     )
     return population.run()
 

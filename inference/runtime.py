@@ -123,7 +123,10 @@ class Policy(Protocol):
     particle's choice has been drawn and before the particle runs on: returning
     False takes the draw over (the particle is left as it was, and the policy
     later goes on with ``Runtime.choose`` or retires it), e.g. to merge
-    siblings that drew the same value before any of them runs a verifier.
+    siblings that drew the same value before any of them runs a verifier; and
+    ``supplied(particle) -> Site | None``: a site to complete a particle's
+    allowed choice with instead of drawing it (a pinned reference trajectory);
+    None draws as usual.
     """
 
     particles: list[Particle]
@@ -188,11 +191,13 @@ class Runtime:
         seed,
         method: str,
         scheduler: Scheduler | None = None,
+        tracker: CostTracker | None = None,
     ):
         self.program = as_program(program)
         self.args, self.kwargs, self.method = args, kwargs, method
         self.entropy = np.random.SeedSequence(seed).entropy
-        self.tracker = CostTracker()
+        # Engines that run many sweeps or moves share one tracker across their runtimes.
+        self.tracker = tracker if tracker is not None else CostTracker()
         self.scheduler = scheduler if scheduler is not None else Scheduler()
         self.in_flight = 0  # this run's LM steps being decoded
         if self.scheduler.ledger is not None:
@@ -247,6 +252,7 @@ class Runtime:
     def _start_choices(self, policy: Policy) -> bool:
         """Start every choice the policy allows and settle memo calls; whether anything moved."""
         moved = False
+        supplied = getattr(policy, "supplied", None)
         while True:
             submissions: dict[int, list[Particle]] = {}
             calls: list[Particle] = []
@@ -257,7 +263,11 @@ class Runtime:
                 if particle.pending.kind == "call":
                     calls.append(particle)
                 elif policy.may_draw(particle):
-                    if particle.pending.kind == "step":
+                    site = supplied(particle) if supplied is not None else None
+                    if site is not None:
+                        self._complete(policy, particle, site)
+                        progressed = True
+                    elif particle.pending.kind == "step":
                         lm = particle.pending.fn.lm
                         self.tracker.track(lm)
                         submissions.setdefault(id(lm), []).append(particle)

@@ -9,8 +9,9 @@ import numpy as np
 from inference.confidence import ConfidenceStop
 from inference.early_stopping import run_with_early_stop
 from inference.mcmc.rejuvenation import Rejuvenation
-from inference.population import run_population
+from inference.population import Population, check_positive_int
 from inference.resampling import get_resampler
+from inference.runtime import Runtime
 from ppl.errors import InvalidArgumentError
 from ppl.posterior import Posterior
 
@@ -99,23 +100,19 @@ def smc(
             seed=seed,
             method="smc",
         )
-    rejuvenation = (
-        Rejuvenation(program, args, kwargs, int(rejuvenation_steps)) if rejuvenation_steps else None
-    )
-    posterior = run_population(
-        program,
-        args,
-        kwargs,
-        num_particles=num_particles,
-        resampler=get_resampler(resample),
+    resampler = get_resampler(resample)
+    num_particles = check_positive_int("num_particles", num_particles)
+    runtime = Runtime(program, args, kwargs, seed=seed, method="smc")
+    rejuvenation = Rejuvenation(runtime, int(rejuvenation_steps)) if rejuvenation_steps else None
+    population = Population(
+        runtime,
+        num_particles,
+        resampler=resampler,
         ess_threshold=ess_threshold,
-        seed=seed,
-        method="smc",
         rejuvenate=rejuvenation,
     )
+    posterior = population.run()
     if rejuvenation is not None:
-        # The population counted the moves' LM work (same models); add their memo calls.
-        posterior.cost.verifier_calls += rejuvenation.runner.verifier_calls
         posterior.info["rejuvenation_steps"] = int(rejuvenation_steps)
         posterior.info["rejuvenation_acceptance_rate"] = rejuvenation.acceptance_rate
     return posterior

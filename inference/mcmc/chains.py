@@ -110,7 +110,7 @@ def chain_posterior(
         np.zeros(sum(len(chain) for chain in samples)),
         run_index=np.repeat(np.arange(num_chains), [len(chain) for chain in samples]),
         log_evidences=np.full(num_chains, math.nan),
-        cost=runner.cost(),
+        cost=runner.tracker.cost(),
         method=method,
         info={**info, "draws_in_order": True},
     )

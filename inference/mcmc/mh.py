@@ -8,10 +8,10 @@ import numpy as np
 
 from inference.mcmc.chains import chain_posterior, run_chains
 from inference.mcmc.runner import Runner
-from inference.mcmc.start import initial_states, states_from_traces
+from inference.mcmc.start import given_states, initial_states
 from inference.mcmc.state import check_burn_in, check_proposal
 from inference.population import check_positive_int
-from ppl.errors import InvalidArgumentError
+from inference.runtime import CostTracker
 from ppl.posterior import Posterior
 from ppl.trace import Trace
 
@@ -77,7 +77,7 @@ def mh(
     init_particles = check_positive_int("init_particles", init_particles)
     seed_sequence = np.random.SeedSequence(seed)
     rng = np.random.default_rng(seed_sequence)
-    runner = Runner(program, args, kwargs)
+    runner = Runner(program, args, kwargs, CostTracker())
     states = start_states(runner, num_chains, init_particles, initial, rng)
     samples, stats = run_chains(
         runner,
@@ -97,9 +97,4 @@ def start_states(runner, count: int, init_particles: int, initial, rng):
     """Initial states: the given traces, or one picked by weight among forward runs."""
     if initial is None:
         return initial_states(runner, count, init_particles, rng)
-    initial = list(initial)
-    if len(initial) != count:
-        raise InvalidArgumentError(
-            f"initial has {len(initial)} traces; pass one per chain ({count})"
-        )
-    return states_from_traces(runner, initial)
+    return given_states(runner, initial, count)

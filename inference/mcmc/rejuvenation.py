@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
 from inference.mcmc.kernel import mh_move
 from inference.mcmc.runner import Runner
 from inference.mcmc.state import State
+from inference.runtime import Runtime
 from ppl.handlers import PendingChoice
 from ppl.trace import Trace
 
@@ -21,11 +20,12 @@ class Rejuvenation:
     factors and the current twist. Move ``m`` regenerates choice
     ``(t - 1 - m) mod t`` (the latest first, a fixed scan) and everything after
     it up to ``t`` choices, accepted by the ratio of suffix weights under that
-    target, so the resampled particles' equal weights stay proper.
+    target, so the resampled particles' equal weights stay proper. The moves
+    run ``runtime``'s program and count their work in its tracker.
     """
 
-    def __init__(self, program: Callable, args: tuple, kwargs: dict, num_steps: int):
-        self.runner = Runner(program, args, kwargs)
+    def __init__(self, runtime: Runtime, num_steps: int):
+        self.runner = Runner(runtime.program, runtime.args, runtime.kwargs, runtime.tracker)
         self.num_steps = num_steps
         self.moves = 0
         self.accepted = 0

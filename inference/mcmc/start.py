@@ -58,6 +58,16 @@ def initial_states(
 _INIT_ATTEMPTS = 20
 
 
+def given_states(runner: Runner, initial: Sequence[Trace], count: int) -> list[State]:
+    """States for ``initial``, one complete trace per chain."""
+    initial = list(initial)
+    if len(initial) != count:
+        raise InvalidArgumentError(
+            f"initial has {len(initial)} traces; pass one per chain ({count})"
+        )
+    return states_from_traces(runner, initial)
+
+
 def states_from_traces(runner: Runner, traces: Sequence[Trace]) -> list[State]:
     """States for given complete traces, recovering the request of each random choice."""
     states = []

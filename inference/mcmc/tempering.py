@@ -11,6 +11,7 @@ from inference.mcmc.mh import start_states
 from inference.mcmc.runner import Runner
 from inference.mcmc.state import check_burn_in, check_proposal
 from inference.population import check_positive_int
+from inference.runtime import CostTracker
 from ppl.errors import InvalidArgumentError
 from ppl.posterior import Posterior
 from ppl.trace import Trace
@@ -61,7 +62,7 @@ def parallel_tempering(
     betas = _check_betas(betas)
     seed_sequence = np.random.SeedSequence(seed)
     rng = np.random.default_rng(seed_sequence)
-    runner = Runner(program, args, kwargs)
+    runner = Runner(program, args, kwargs, CostTracker())
     count = num_chains * len(betas)
     if initial is not None:
         initial = [trace for trace in initial for _ in betas]

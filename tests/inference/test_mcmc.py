@@ -476,6 +476,31 @@ def test_rejuvenation_restores_diversity_after_resampling():
     assert len(set(moved.answers)) > len(set(plain.answers)) + 5
 
 
+def test_moves_count_their_work_in_the_runs_cost():
+    calls = []
+
+    def scaled(x):
+        calls.append(x)
+        return x / 50
+
+    @ppl.program
+    def checked():
+        x = int(ppl.sample("x", dist.Categorical(torch.ones(50))))
+        ppl.factor("f", -4.0 * ppl.memo("scaled", scaled, x))
+        ppl.sample("y", dist.Bernoulli(0.5))
+        ppl.answer(x)
+
+    for engine, options in [
+        ("smc", {"num_particles": 16, "ess_threshold": 1.0, "rejuvenation_steps": 2}),
+        ("mh", {"num_steps": 12, "num_chains": 3}),
+        ("particle_gibbs", {"num_particles": 3, "num_iterations": 4, "num_chains": 2}),
+    ]:
+        calls.clear()
+        posterior = getattr(ppl, engine)(checked, seed=0, **options)
+        # Every memo call, by particles, sweeps or moves, is counted once in the one cost.
+        assert posterior.cost.verifier_calls == len(calls) > 0, engine
+
+
 # --- output semantics and argument checks ---------------------------------
 def test_chain_posteriors_have_no_evidence_and_export_chains(tmp_path):
     posterior = ppl.mh(branching, num_steps=50, burn_in=10, num_chains=4, seed=0)
