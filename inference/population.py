@@ -70,10 +70,12 @@ class Population:
     target invariant, so the equal weights stay proper.
 
     Example:
-        >>> runtime = Runtime(program, (), {}, seed=0, method="smc")  # doctest: +SKIP
-        >>> population = Population(  # doctest: +SKIP
-        ...     runtime, 16, resampler=systematic, ess_threshold=0.5)
-        >>> post = population.run()  # doctest: +SKIP
+        >>> from inference.resampling import systematic
+        >>> runtime = Runtime(program, (lm, "a"), {}, seed=0, method="smc")
+        >>> population = Population(runtime, 16, resampler=systematic, ess_threshold=0.5)
+        >>> post = population.run()
+        >>> post.num_particles, len(population.rounds)
+        (16, 3)
     """
 
     def __init__(
@@ -293,8 +295,11 @@ def run_problems(
     problem's admission to its end.
 
     Example:
-        >>> problems = [Problem(solve, (lm, q), seed=k) for k, q in enumerate(qs)]  # doctest: +SKIP
-        >>> posts = run_problems("smc", problems, num_particles=16)  # doctest: +SKIP
+        >>> problems = [Problem(program, (lm, q), seed=k) for k, q in enumerate(["a", "b", "c"])]
+        >>> posts = run_problems("smc", problems, num_particles=8, max_rows=16)
+        >>> [posts[k].answers == ppl.smc(program, lm, q, num_particles=8, seed=k).answers
+        ...  for k, q in enumerate(["a", "b", "c"])]
+        [True, True, True]
     """
     from inference.resampling import get_resampler
 

@@ -70,7 +70,9 @@ def round_hooks(*hooks: Callable[[RoundEvent], None]) -> Iterator[None]:
     Example:
         >>> events = []
         >>> with round_hooks(events.append):
-        ...     post = ppl.importance(coin, num_particles=4, seed=0)  # doctest: +SKIP
+        ...     post = ppl.smc(program, lm, "a", num_particles=4, seed=0)
+        >>> [(event.method, event.index) for event in events]
+        [('smc', 0), ('smc', 1), ('smc', 2)]
     """
     token = _ROUND_HOOKS.set(_ROUND_HOOKS.get() + hooks)
     try:
@@ -178,8 +180,10 @@ class Runtime:
     """Runs the particles of ``program(*args, **kwargs)`` for one engine run.
 
     Example:
-        >>> runtime = Runtime(program, args, kwargs, seed=0, method="importance")  # doctest: +SKIP
-        >>> particles = [runtime.start(i) for i in range(8)]  # doctest: +SKIP
+        >>> runtime = Runtime(program, (lm, "a"), {}, seed=0, method="importance")
+        >>> particles = [runtime.start(i) for i in range(8)]
+        >>> {p.pending.name for p in particles}
+        {'letter_0'}
     """
 
     def __init__(

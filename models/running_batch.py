@@ -42,11 +42,16 @@ class _Step:
 class RunningBatch:
     """The live steps of one ``TokenLM`` and the cache rows that serve them.
 
+    A ``TokenLM`` serves its running batch through ``submit``/``advance``
+    (which run it in inference mode):
+
     Example:
-        >>> batch = RunningBatch(lm)  # doctest: +SKIP
-        >>> tickets = batch.submit([ppl.StepRequest("The")], [7])  # doctest: +SKIP
-        >>> while batch.busy:  # doctest: +SKIP
-        ...     ended = batch.advance()
+        >>> tickets = lm.submit([ppl.StepRequest("ab", max_tokens=3)] * 2, [7, 8])
+        >>> ended = []
+        >>> while lm.busy:
+        ...     ended += lm.advance()
+        >>> sorted(ticket for ticket, _ in ended) == tickets
+        True
     """
 
     def __init__(self, lm):

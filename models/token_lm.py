@@ -179,7 +179,9 @@ class TokenLM(LM, SlotLM):
         """Queue steps; they join the running batch at the next ``advance``.
 
         Example:
-            >>> tickets = lm.submit([ppl.StepRequest("The", max_tokens=4)], [7])  # doctest: +SKIP
+            >>> tickets = lm.submit([ppl.StepRequest("ab", max_tokens=4)], [7])
+            >>> lm.busy
+            True
         """
         return self._running_batch().submit(requests, seeds)
 
@@ -188,8 +190,12 @@ class TokenLM(LM, SlotLM):
         """One decode pass over the running batch; the ``(ticket, result)`` of ended steps.
 
         Example:
-            >>> while lm.busy:  # doctest: +SKIP
-            ...     ended = lm.advance()
+            >>> (ticket,) = lm.submit([ppl.StepRequest("ab", max_tokens=4)], [7])
+            >>> ended = []
+            >>> while lm.busy:
+            ...     ended += lm.advance()
+            >>> [t for t, _ in ended] == [ticket]
+            True
         """
         return self._running_batch().advance()
 

@@ -98,7 +98,11 @@ def sample(name: str, fn, *, proposal=None):
     """Draw from a Pyro distribution ``fn``; with ``proposal``, draw from it and weight.
 
     Example:
-        >>> strategy = ppl.sample("strategy", dist.Categorical(torch.ones(3)))  # doctest: +SKIP
+        >>> @ppl.program
+        ... def pick():
+        ...     ppl.answer(int(ppl.sample("strategy", dist.Categorical(torch.ones(3)))))
+        >>> sorted(ppl.importance(pick, num_particles=32, seed=0).answer_distribution())
+        [0, 1, 2]
     """
     recorded = replay_fast(name, "sample")
     if recorded is not None:
@@ -114,7 +118,13 @@ def factor(name: str, log_weight) -> None:
     """Multiply the program's density by ``exp(log_weight)`` (a verifier, reward, prior).
 
     Example:
-        >>> ppl.factor("verifier", math.log(0.9))  # doctest: +SKIP
+        >>> @ppl.program
+        ... def graded():
+        ...     heads = int(ppl.sample("flip", dist.Bernoulli(0.5)))
+        ...     ppl.factor("verifier", math.log(0.9 if heads else 0.1))
+        ...     ppl.answer(heads)
+        >>> round(ppl.importance(graded, num_particles=400, seed=0).answer_distribution()[1], 1)
+        0.9
     """
     if replay_fast(name, "factor") is None:
         _check_name(name)
@@ -125,7 +135,13 @@ def condition(name: str, ok) -> None:
     """Keep only executions where ``ok`` is true (a hard constraint).
 
     Example:
-        >>> ppl.condition("no_e", "e" not in text)  # doctest: +SKIP
+        >>> @ppl.program
+        ... def heads_only():
+        ...     heads = int(ppl.sample("flip", dist.Bernoulli(0.5)))
+        ...     ppl.condition("heads", heads == 1)
+        ...     ppl.answer(heads)
+        >>> ppl.importance(heads_only, num_particles=16, seed=0).answer_distribution()
+        {1: 1.0}
     """
     if replay_fast(name, "condition") is None:
         _check_name(name)
@@ -136,7 +152,14 @@ def observe(name: str, fn, value) -> None:
     """Condition on ``value`` having been drawn from distribution ``fn``.
 
     Example:
-        >>> ppl.observe("score", dist.Normal(mu, 1.0), torch.tensor(0.3))  # doctest: +SKIP
+        >>> @ppl.program
+        ... def positive_mean():
+        ...     mu = ppl.sample("mu", dist.Normal(0.0, 1.0))
+        ...     ppl.observe("score", dist.Normal(mu, 1.0), torch.tensor(2.0))
+        ...     ppl.answer(bool(mu > 0))
+        >>> post = ppl.importance(positive_mean, num_particles=1000, seed=0)
+        >>> round(post.answer_distribution()[True], 1)  # P(mu > 0 | score) = 0.92
+        0.9
     """
     # Outside inference an observation has no effect.
     if am_i_wrapped() and replay_fast(name, "observe") is None:
@@ -165,7 +188,14 @@ def twist(log_psi) -> None:
     changing the target.
 
     Example:
-        >>> ppl.twist(math.log(prm_score))  # doctest: +SKIP
+        >>> @ppl.program
+        ... def guided():
+        ...     heads = int(ppl.sample("flip", dist.Bernoulli(0.5)))
+        ...     ppl.twist(math.log(0.9 if heads else 0.1))  # steers resampling only
+        ...     ppl.sample("again", dist.Bernoulli(0.5))
+        ...     ppl.answer(heads)
+        >>> round(ppl.smc(guided, num_particles=500, seed=0).answer_distribution()[1], 1)
+        0.5
     """
     if replay_fast(None, "twist") is None:
         _twist(_log_factor(log_psi, "twist"), name=None)
@@ -185,8 +215,19 @@ def memo(name: str, fn: Callable, *args, batch: Callable[[list], list] | None = 
     same object) in every particle, not a lambda made inside the program.
 
     Example:
-        >>> ok = ppl.memo("check_1", calculator_check, line)  # doctest: +SKIP
-        >>> p = ppl.memo("prm_1", prm.score, q, lines, batch=prm.score_batch)  # doctest: +SKIP
+        >>> calls = []
+        >>> def is_even(x):
+        ...     calls.append(x)
+        ...     return x % 2 == 0
+        >>> @ppl.program
+        ... def checked():
+        ...     x = int(ppl.sample("x", dist.Categorical(torch.ones(4))))
+        ...     ppl.condition("even", ppl.memo("check", is_even, x))
+        ...     ppl.sample("more", dist.Bernoulli(0.5))
+        ...     ppl.answer(x)
+        >>> post = ppl.smc(checked, num_particles=8, seed=0)
+        >>> len(calls)  # once per particle, though SMC re-executes the program
+        8
     """
     recorded = replay_fast(name, "memo")
     if recorded is not None:
@@ -203,7 +244,8 @@ def answer(value) -> Any:
     """Declare the program's quantity of interest; it must be hashable.
 
     Example:
-        >>> ppl.answer(text.strip())  # doctest: +SKIP
+        >>> sorted(set(ppl.importance(coin, num_particles=16, seed=0).answers))  # coin's answers
+        [0, 1]
     """
     try:
         hash(value)

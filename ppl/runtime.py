@@ -56,9 +56,9 @@ def execute(
     ``resolve_calls`` computes).
 
     Example:
-        >>> ex = execute(coin, (), {}, Trace())  # doctest: +SKIP
-        >>> ex.pending.name                      # doctest: +SKIP
-        'x'
+        >>> ex = execute(coin, (), {}, Trace())
+        >>> ex.pending.name, ex.pending.kind
+        ('flip', 'sample')
     """
     record = RecordMessenger()
     replay = ReplayMessenger(trace)
@@ -96,7 +96,10 @@ def resolve_choices(pending: Sequence[PendingChoice], rng: np.random.Generator) 
     """Draw every pending choice; ``step`` sites of one LM share one batched call.
 
     Example:
-        >>> sites = resolve_choices([ex.pending for ex in executions], rng)  # doctest: +SKIP
+        >>> pending = [execute(program, (lm, "a"), {}, Trace()).pending] * 3
+        >>> sites = resolve_choices(pending, np.random.default_rng(0))
+        >>> [site.name for site in sites]
+        ['letter_0', 'letter_0', 'letter_0']
     """
     sites: list[Site | None] = [None] * len(pending)
     by_lm: dict[int, tuple[object, list[int]]] = {}

@@ -28,10 +28,12 @@ class SlotLM(abc.ABC):
     """A backend that serves a running batch of steps.
 
     Example:
-        >>> slots = BatchedSlots(lm)  # doctest: +SKIP
-        >>> (ticket,) = slots.submit([ppl.StepRequest("The")], [7])  # doctest: +SKIP
-        >>> slots.advance()  # doctest: +SKIP
-        [(0, StepResult(text=' cat', ...))]
+        >>> slots = BatchedSlots(lm)
+        >>> (ticket,) = slots.submit([ppl.StepRequest("ab", max_tokens=2)], [7])
+        >>> [(t, result.finished or len(result.token_ids) == 2) for t, result in slots.advance()]
+        [(0, True)]
+        >>> slots.busy
+        False
     """
 
     @abc.abstractmethod
