@@ -35,8 +35,9 @@ def importance(
     posterior restricted to confident traces (``inference.early_stopping``).
 
     Example:
-        >>> post = ppl.importance(solve, lm, question, num_particles=32, seed=0)  # doctest: +SKIP
-        >>> post.majority_answer()                                             # doctest: +SKIP
+        >>> post = ppl.importance(program, lm, "a", num_particles=32, seed=0)
+        >>> post.majority_answer() in post.answers
+        True
     """
     if early_stop is not None:
         return run_with_early_stop(

@@ -66,9 +66,9 @@ def mh(
     chain's ``acceptance_rate``.
 
     Example:
-        >>> post = ppl.mh(solve, lm, question, num_steps=200, burn_in=50,  # doctest: +SKIP
-        ...               num_chains=4, seed=0)
-        >>> post.answer_distribution()                                    # doctest: +SKIP
+        >>> post = ppl.mh(program, lm, "a", num_steps=20, burn_in=5, num_chains=2, seed=0)
+        >>> post.num_particles, all("e" not in answer for answer in post.answers)
+        (30, True)
     """
     num_steps = check_positive_int("num_steps", num_steps)
     num_chains = check_positive_int("num_chains", num_chains)

@@ -64,8 +64,10 @@ def particle_gibbs(
     particles or ancestor sampling.
 
     Example:
-        >>> post = ppl.particle_gibbs(solve, lm, question, num_particles=8,  # doctest: +SKIP
-        ...                           num_iterations=50, burn_in=10, seed=0)
+        >>> post = ppl.particle_gibbs(program, lm, "a", num_particles=4,
+        ...                           num_iterations=6, burn_in=2, seed=0)
+        >>> post.method, all("e" not in answer for answer in post.answers)
+        ('particle_gibbs', True)
     """
     num_particles = check_positive_int("num_particles", num_particles)
     if num_particles < 2:

@@ -51,8 +51,10 @@ def parallel_tempering(
     ensemble and temperature and the ``swap_acceptance_rate`` per pair.
 
     Example:
-        >>> post = ppl.parallel_tempering(solve, lm, question, num_steps=200,  # doctest: +SKIP
-        ...                               betas=(1.0, 0.3, 0.1), seed=0)
+        >>> post = ppl.parallel_tempering(program, lm, "a", num_steps=10,
+        ...                               betas=(1.0, 0.3), seed=0)
+        >>> post.method, all("e" not in answer for answer in post.answers)
+        ('parallel_tempering', True)
     """
     num_steps = check_positive_int("num_steps", num_steps)
     num_chains = check_positive_int("num_chains", num_chains)
