@@ -286,11 +286,10 @@ class TokenLM(LM, SlotLM):
         prefixes.
 
         Example:
-            >>> lm.keep_hidden_states = True  # doctest: +SKIP
-            >>> request = ppl.StepRequest("The", max_tokens=4)  # doctest: +SKIP
-            >>> (result,) = lm.sample_steps([request], seed=0)  # doctest: +SKIP
-            >>> lm.step_features([("The", result.token_ids)]).shape  # doctest: +SKIP
-            torch.Size([1, 1152])
+            >>> lm.keep_hidden_states = True
+            >>> (result,) = lm.sample_steps([ppl.StepRequest("ab", max_tokens=4)], seed=0)
+            >>> lm.step_features([("ab", result.token_ids)]).shape  # one feature row per step
+            torch.Size([1, 64])
         """
         if not steps:
             raise InvalidArgumentError("step_features needs at least one step")
@@ -347,10 +346,9 @@ class TokenLM(LM, SlotLM):
         ``score_steps`` sums, for training proposals on whole distributions.
 
         Example:
-            >>> request = ppl.ScoreRequest("The", (279, 2431))  # doctest: +SKIP
-            >>> (log_p,) = lm.position_logprobs([request])  # doctest: +SKIP
-            >>> log_p.shape  # doctest: +SKIP
-            torch.Size([2, 49152])
+            >>> (log_p,) = lm.position_logprobs([ppl.ScoreRequest("ab", (3, 1))])
+            >>> log_p.shape  # a row over the vocabulary per scored token
+            torch.Size([2, 5])
         """
         self.stats.score_calls += 1
         out = [torch.empty((0, self.vocab_size)) for _ in requests]
@@ -385,8 +383,9 @@ class TokenLM(LM, SlotLM):
         building block of judges that read a yes/no answer off the model.
 
         Example:
-            >>> lm.next_token_logprobs(["The sky is"]).shape  # doctest: +SKIP
-            torch.Size([1, 49152])
+            >>> log_p = lm.next_token_logprobs(["ab", "ca"])
+            >>> log_p.shape, bool(torch.allclose(log_p.exp().sum(-1), torch.ones(2)))
+            (torch.Size([2, 5]), True)
         """
         if not contexts:
             return torch.empty((0, self.vocab_size))
