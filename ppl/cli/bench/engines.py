@@ -45,6 +45,11 @@ ENGINE_PRESETS = {"particle_filtering": ("smc", {"ess_threshold": 1.0})}
 PACKED_ENGINES = ("importance", "smc")
 
 
+def registered(engine: str) -> tuple[str, dict]:
+    """The registered engine a bench engine runs, and its fixed settings."""
+    return ENGINE_PRESETS.get(engine, (engine, {}))
+
+
 def load_verifier(spec: str | None, lm):
     """``calculator``, ``judge`` (an outcome-level LM judge on the same weights),
     ``prm:PATH``, or a ``file.py:name`` holding a verifier or a function returning one."""
@@ -82,7 +87,7 @@ def run_engine(
     ``expansions`` ways and rank traces by the verifier's score when there is
     a verifier, else by their likelihood.
     """
-    name, settings = ENGINE_PRESETS.get(engine, (engine, {}))
+    name, settings = registered(engine)
     spec = get_engine(name)
     if spec.exact:
         size = {spec.size_parameter: budget}
@@ -103,7 +108,7 @@ def run_engine(
 
 def packs(engine: str) -> bool:
     """Whether ``engine``'s runs on many problems can share one running batch."""
-    return ENGINE_PRESETS.get(engine, (engine, {}))[0] in PACKED_ENGINES
+    return registered(engine)[0] in PACKED_ENGINES
 
 
 def run_packed(
@@ -121,7 +126,7 @@ def run_packed(
     gets the posterior and cost ``run_engine`` gives it alone, passed to
     ``on_result(index, posterior)`` as soon as it finishes.
     """
-    name, settings = ENGINE_PRESETS.get(engine, (engine, {}))
+    name, settings = registered(engine)
     problems = [population.Problem(program, (lm, q), seed=seed) for q, seed in runs]
     population.run_problems(
         name,
