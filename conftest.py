@@ -17,10 +17,18 @@ there the run directories ``ppl run`` writes:
 ``runs/demo`` (``post`` saved), ``runs/cal`` (a dataset run over 12 of
 ``problems``) and ``runs/heldout`` (12 others, with conformal answer sets
 applied).
+
+The NumPyro fits are built once, for the examples that use them: ``fit`` is
+``fit_scaling_law``'s example fit and ``calibration`` ``fit_score_calibration``'s.
+XLA's compilation cache, kept in a temporary directory for the session, lets a
+fit that repeats a model on the same data skip its compilation.
 """
 
 import math
+import os
+import re
 import shutil
+import tempfile
 
 import numpy as np
 import pyro.distributions as dist
@@ -148,6 +156,61 @@ def _post(lm) -> ppl.Posterior:
     return ppl.smc(two_letters, lm, "a", num_particles=8, seed=0)
 
 
+_JAX_CACHE = pytest.StashKey[str]()
+
+
+def pytest_configure(config):
+    # Set before JAX is first imported (every module imports it lazily).
+    directory = tempfile.mkdtemp(prefix="pplscale-jax-")
+    config.stash[_JAX_CACHE] = directory
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", directory)
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(config.stash.get(_JAX_CACHE, ""), ignore_errors=True)
+
+
+def _scaling_fit():
+    from inference.budget import fit_scaling_law
+
+    return fit_scaling_law(
+        [1, 2, 4, 8], [30, 42, 55, 63], [100] * 4, num_warmup=200, num_samples=500
+    )
+
+
+def _score_calibration(cal):
+    from inference.conformal.bayes import fit_score_calibration
+    from inference.conformal.data import confidence_of
+
+    scores = [confidence_of(e.posterior, "check.score") for e in cal]
+    correct = [e.posterior.map_answer() in e.acceptable for e in cal]
+    families = ["odd" if a % 2 else "even" for (a, _), _ in PROBLEMS[:40]]
+    return fit_score_calibration(scores, correct, families, num_warmup=300, num_samples=300)
+
+
+@pytest.fixture(scope="session")
+def _nuts_fits(_calibration_sets):
+    """``fit`` and ``calibration`` by name, each built on first use."""
+    built = {}
+
+    def get(name):
+        if name not in built:
+            cal = _calibration_sets[0]
+            built[name] = _scaling_fit() if name == "fit" else _score_calibration(cal)
+        return built[name]
+
+    return get
+
+
+def _fits_used(request) -> dict:
+    """The fits an example reads (``fit.`` or ``calibration.`` in its source)."""
+    source = "".join(example.source for example in request.node.dtest.examples)
+    names = [name for name in ("fit", "calibration") if re.search(rf"\b{name}\.", source)]
+    return {name: request.getfixturevalue("_nuts_fits")(name) for name in names}
+
+
 @pytest.fixture(autouse=True)
 def _doctest_objects(request, doctest_namespace):
     if not isinstance(request.node, pytest.DoctestItem):
@@ -179,6 +242,7 @@ def _doctest_objects(request, doctest_namespace):
         problems=PROBLEMS,
         cal=cal,
         heldout=heldout,
+        **_fits_used(request),
     )
     yield
     torch.set_num_threads(threads)
