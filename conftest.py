@@ -1,10 +1,12 @@
 """Objects the docstring examples use, so that they run as tests (``make test``).
 
 ``lm`` is a tiny randomly initialised llama over the characters ``a b c e``
-(see ``tests/tiny.py``), ``program`` a two-step program over it, ``post``
-its SMC posterior, ``coin`` a program of one biased coin flip, and
-``no_e(lm, head, prompt, proposal)`` three letters without ``e``, guided by a
-learned twist head and a logits processor when given.
+(see ``tests/tiny.py``), ``model_dir`` a directory where it is saved,
+``program`` a two-step program over it, ``post`` its SMC posterior, ``coin`` a
+program of one biased coin flip, ``no_e(lm, head, prompt, proposal)`` three
+letters without ``e``, guided by a learned twist head and a logits processor
+when given, and ``letters(lm, prompt)`` up to four letters with their top
+log-probabilities (for confidences).
 
 For calibrated decisions, ``add(a, b)`` is a noisy adder that stands in for a
 solver (its ``check.score`` memo site is a verifier score), ``problems`` its
@@ -65,6 +67,13 @@ def no_e(lm, head, prompt: str, proposal=None):
         text += letter
     ppl.condition("no_e", "e" not in text)
     ppl.answer(text)
+
+
+@ppl.program
+def letters(lm, prompt: str):
+    """Up to four letters with the top two log-probabilities of each; the answer is the first."""
+    step = ppl.step("letters", lm, prompt, stop=(), max_tokens=4, top_logprobs=2)
+    ppl.answer(step[:1])
 
 
 @ppl.program
@@ -204,6 +213,15 @@ def _nuts_fits(_calibration_sets):
     return get
 
 
+@pytest.fixture(scope="session")
+def _model_dir(tmp_path_factory) -> str:
+    directory = tmp_path_factory.mktemp("tiny_model")
+    lm = make_tiny_lm()
+    lm.model.save_pretrained(directory)
+    lm.tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
 def _fits_used(request) -> dict:
     """The fits an example reads (``fit.`` or ``calibration.`` in its source)."""
     source = "".join(example.source for example in request.node.dtest.examples)
@@ -223,6 +241,8 @@ def _doctest_objects(request, doctest_namespace):
     monkeypatch = request.getfixturevalue("monkeypatch")
     monkeypatch.chdir(directory)
     cal, heldout = request.getfixturevalue("_calibration_sets")
+    if "model_dir" in request.node.dtest.docstring:
+        doctest_namespace["model_dir"] = request.getfixturevalue("_model_dir")
     lm = make_tiny_lm()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model gains nothing from threads on a busy machine
@@ -237,6 +257,7 @@ def _doctest_objects(request, doctest_namespace):
         program=two_letters,
         coin=coin,
         no_e=no_e,
+        letters=letters,
         post=_post(lm),
         add=add,
         problems=PROBLEMS,

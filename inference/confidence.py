@@ -72,9 +72,12 @@ def confidence_vote(
     ``confidence`` defaults to the lowest group confidence over 2048 tokens.
     Particles of weight zero (stopped ones among them) do not vote.
 
-    Example:
-        >>> confidence_vote(posterior, Confidence("tail", window=64))  # doctest: +SKIP
-        {'12': 0.71, '14': 0.29}
+    Example (``letters`` answers the first of the letters it writes, with their top
+    log-probabilities):
+        >>> posterior = ppl.importance(letters, lm, "ae", num_particles=16, seed=0)
+        >>> shares = confidence_vote(posterior, Confidence("tail", window=4))
+        >>> {answer: round(share, 2) for answer, share in sorted(shares.items())}
+        {'b': 0.14, 'c': 0.25, 'e': 0.61}
     """
     confidence = confidence or Confidence("lowest_group")
     if posterior.is_empty:

@@ -24,11 +24,16 @@ program's posterior; ``exp(log_evidence)`` estimates ``Z * P(C_min >= s)``.
   tokens count in the cost. Resample-move is not combined with stopping:
   moves do not know the rule.
 
-Example:
-    >>> rule = ConfidenceStop(num_warmup=4, keep=0.9, window=16)  # doctest: +SKIP
-    >>> post = ppl.importance(  # doctest: +SKIP
-    ...     solve, lm, q, num_particles=16, early_stop=rule, seed=0)
-    >>> confidence_vote(post, Confidence("lowest_group", window=16))  # doctest: +SKIP
+Example (``letters`` writes up to four letters with their top log-probabilities):
+    >>> from inference.confidence import ConfidenceStop, confidence_vote
+    >>> from models.verifiers import Confidence
+    >>> rule = ConfidenceStop(num_warmup=4, keep=0.5, window=2)
+    >>> post = ppl.importance(letters, lm, "ae", num_particles=16, early_stop=rule, seed=0)
+    >>> post
+    <Posterior importance runs=1 particles=16 ess=9.0 log_evidence=-0.575>
+    >>> shares = confidence_vote(post, Confidence("lowest_group", window=2))
+    >>> {answer: round(share, 2) for answer, share in sorted(shares.items())}
+    {'b': 0.24, 'c': 0.44, 'e': 0.32}
 """
 
 from __future__ import annotations

@@ -18,9 +18,16 @@ from ppl.errors import InvalidArgumentError
 class BannedTokens:
     """A logits processor that gives the listed token ids zero proposal probability.
 
-    Example:
-        >>> no_e = BannedTokens.from_predicate(lm, lambda text: "e" in text)  # doctest: +SKIP
-        >>> ppl.step("w", lm, prompt, logits_processor=no_e)  # doctest: +SKIP
+    Example (``lm``, a tiny model over ``a b c e``, often writes ``e``; banned, it never does):
+        >>> ban_e = BannedTokens.from_predicate(lm, lambda text: "e" in text)
+        >>> ban_e
+        BannedTokens(1 tokens)
+        >>> request = ppl.StepRequest("ae", stop=(), max_tokens=8)
+        >>> [r.text for r in lm.sample_steps([request] * 4, seed=0)]
+        ['eeeeeeec', 'caabbaaa', 'ebc', 'cbec']
+        >>> banned = ppl.StepRequest("ae", stop=(), max_tokens=8, logits_processor=ban_e)
+        >>> [r.text for r in lm.sample_steps([banned] * 4, seed=0)]
+        ['cbb', 'bc', 'cac', 'bcb']
     """
 
     def __init__(self, token_ids: Iterable[int]):

@@ -37,9 +37,12 @@ class TokenLM(LM, SlotLM):
     and ``stats`` and implement ``_feed``, ``_decode`` and ``_forget``; they
     may override ``_shed`` and ``_end_sampling``.
 
-    Example:
-        >>> lm = models.TransformersLM.from_pretrained("/models/smollm2")  # doctest: +SKIP
-        >>> lm.sample_steps([ppl.StepRequest("Once upon", max_tokens=8)], seed=0)  # doctest: +SKIP
+    Example (``TransformersLM`` is one; ``lm`` a tiny one over the letters ``a b c e``,
+    whose end-of-sequence token has id 0; one call samples every request together):
+        >>> isinstance(lm, TokenLM), lm.vocab_size, sorted(lm.eos_token_ids)
+        (True, 5, [0])
+        >>> [r.text for r in lm.sample_steps([ppl.StepRequest("ab", max_tokens=4)] * 3, seed=0)]
+        ['abaa', '', 'b']
     """
 
     tokenizer: object

@@ -31,9 +31,11 @@ class TransformersLM(TokenLM):
     they are a quarter of it, so they stop costing compute; their cache rows
     are kept aside and put back when the call returns.
 
-    Example:
-        >>> lm = TransformersLM.from_pretrained("path/to/local/model")  # doctest: +SKIP
-        >>> lm.sample_steps([StepRequest("Once upon", max_tokens=8)], seed=0)  # doctest: +SKIP
+    Example (``lm`` is a tiny random llama over the letters ``a b c e``; load a real
+    model with ``from_pretrained``):
+        >>> (step,) = lm.sample_steps([ppl.StepRequest("ab", max_tokens=4)], seed=0)
+        >>> step.text, step.token_ids, step.logp == step.logq
+        ('abaa', (1, 2, 1, 1), True)
     """
 
     def __init__(self, model, tokenizer, *, compact_threshold: float = 0.5):
@@ -64,8 +66,10 @@ class TransformersLM(TokenLM):
     ) -> TransformersLM:
         """Load a model and tokenizer from a local directory (never from a hub).
 
-        Example:
-            >>> lm = TransformersLM.from_pretrained("/models/smollm2")  # doctest: +SKIP
+        Example (``model_dir`` holds ``lm``'s model and tokenizer, written by their
+        ``save_pretrained``):
+            >>> TransformersLM.from_pretrained(model_dir).vocab_size
+            5
         """
         path = Path(path)
         if not path.is_dir():

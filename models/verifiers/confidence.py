@@ -199,8 +199,14 @@ class Confidence:
     def factor(self, name: str, steps: Sequence[Step]) -> float:
         """Weight the trace by ``exp(score / temperature)`` (factor ``name``); returns the score.
 
-        Example:
-            >>> confidence.factor("confident", steps)  # doctest: +SKIP
+        Example (inside a program, over ``lm``, a tiny model over ``a b c e``):
+            >>> @ppl.program
+            ... def confident_letters(lm, prompt):
+            ...     step = ppl.step("letters", lm, prompt, stop=(), max_tokens=4, top_logprobs=2)
+            ...     Confidence("token").factor("confident", [step])
+            ...     ppl.answer(step[:1])
+            >>> ppl.importance(confident_letters, lm, "ae", num_particles=8, seed=0)
+            <Posterior importance runs=1 particles=8 ess=7.9 log_evidence=1.048>
         """
         c = self.score(steps)
         factor(name, c / self.temperature)
@@ -215,9 +221,11 @@ class Confidence:
     def trace_scorer(self) -> Callable[[Sequence[Trace]], list[float]]:
         """A batched log-score of traces, ``score / temperature`` over their steps, for beam.
 
-        Example:
-            >>> ppl.beam(solve, lm, q, beam_width=4, num_expansions=4,  # doctest: +SKIP
-            ...          score=Confidence("tail", window=32).trace_scorer())
+        Example (``letters`` records the top log-probabilities of its step):
+            >>> beam = ppl.beam(letters, lm, "ae", beam_width=2, num_expansions=2, seed=0,
+            ...                 score=Confidence("tail", window=4).trace_scorer())
+            >>> beam.answers
+            ['e', 'e']
         """
 
         def score_traces(traces: Sequence[Trace]) -> list[float]:

@@ -37,10 +37,13 @@ class LMJudge(Verifier):
     ``LMJudge(TransformersLM(lm.model, lm.tokenizer))``, so its scoring does not
     evict the particles' KV cache.
 
-    Example:
-        >>> judge = LMJudge(models.default_lm(), level="outcome")  # doctest: +SKIP
-        >>> judge.score("What is 2 + 3?", ["2 + 3 = 5\\n", "Answer: 5"])  # doctest: +SKIP
-        0.83
+    Example (a judge over ``lm``, a tiny random llama whose letters ``a`` and ``b`` stand
+    for ``Yes`` and ``No``; with an instruction-tuned model keep the defaults, e.g.
+    ``LMJudge(models.default_lm(), level="outcome")``):
+        >>> judge = LMJudge(lm, level="outcome", template="{question}c{solution}",
+        ...                 chat=False, yes="a", no="b")
+        >>> round(judge.score("ab", ["ba", "ca"]), 2)
+        0.73
     """
 
     def __init__(

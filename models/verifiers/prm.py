@@ -39,10 +39,12 @@ class PRM(Verifier):
     solutions of a batch go through the model together, ``batch_size`` at a
     time, right-padded with an attention mask.
 
-    Example:
-        >>> prm = PRM("/models/shepherd", step_separator=" ки\\n", step_tag="ки")  # doctest: +SKIP
-        >>> prm.step_scores([("2 + 3 * 4?", ["3 * 4 = 12", "2 + 12 = 14"])])  # doctest: +SKIP
-        [[0.97, 0.95]]
+    Example (``model_dir`` holds a tiny random llama over ``a b c e``, used here as a
+    step-tag PRM whose verdict tokens are ``a`` and ``b``; a Math-Shepherd model
+    takes ``PRM(path, step_separator=" ки\\n", step_tag="ки")``):
+        >>> prm = PRM(model_dir, step_separator="c", positive_token="a", negative_token="b")
+        >>> [[round(p, 2) for p in row] for row in prm.step_scores([("ab", ["ba", "ca"])])]
+        [[0.66, 0.9]]
     """
 
     def __init__(
