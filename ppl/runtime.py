@@ -124,8 +124,12 @@ def resolve_choices(pending: Sequence[PendingChoice], rng: np.random.Generator) 
 def step_site(choice: PendingChoice, result, lm) -> Site:
     """The ``step`` site of a drawn step; checks the backend's log-probabilities.
 
-    Example:
-        >>> site = step_site(pending, result, lm)  # doctest: +SKIP
+    Example (``program``'s first step, drawn by ``lm`` directly):
+        >>> pending = execute(program, (lm, "a"), {}, Trace()).pending
+        >>> (result,) = lm.sample_steps([pending.fn.request], seed=0)
+        >>> site = step_site(pending, result, lm)
+        >>> site.name, site.kind, round(site.log_prob, 2), site.log_weight
+        ('letter_0', 'step', -0.52, 0.0)
     """
     if math.isnan(result.logp) or not math.isfinite(result.logq):
         raise BackendError(
@@ -167,8 +171,18 @@ def stream_seed(entropy: int, key: tuple[int, ...]) -> int:
 def resolve_calls(pending: Sequence[PendingChoice]) -> list[Site]:
     """Compute pending ``"call"`` choices: one ``batch`` call per batch function.
 
-    Example:
-        >>> sites = resolve_calls([ex.pending for ex in executions])  # doctest: +SKIP
+    Example (two executions of a program whose memo site has a batch function):
+        >>> batches = []
+        >>> def square_all(calls):
+        ...     batches.append(len(calls))
+        ...     return [x * x for (x,) in calls]
+        >>> @ppl.program
+        ... def squared(x: int):
+        ...     ppl.answer(ppl.memo("square", lambda x: x * x, x, batch=square_all))
+        >>> executions = [execute(squared, (x,), {}, Trace(), batch_calls=True) for x in (2, 3)]
+        >>> sites = resolve_calls([ex.pending for ex in executions])
+        >>> [site.value for site in sites], batches
+        ([4, 9], [2])
     """
     groups: dict[object, list[int]] = {}
     for i, choice in enumerate(pending):

@@ -37,10 +37,14 @@ _SELECTION_STREAM = 2  # spawn key of a sweep's final pick; the runtime uses 0 a
 class ConditionalSweep(Population):
     """One conditional SMC sweep of ``num_particles`` particles on ``runtime``.
 
-    Example:
-        >>> sweep = ConditionalSweep(runtime, runner, 4, reference, False)  # doctest: +SKIP
-        >>> sweep.init(); runtime.drive(sweep)  # doctest: +SKIP
-        >>> state = sweep.select()  # doctest: +SKIP
+    Example (``conditional_smc`` runs sweeps of it: one unconditional, then one that
+    keeps the first sweep's pick in slot 0; ``program`` writes two letters with ``lm``):
+        >>> from inference.runtime import CostTracker
+        >>> runner = Runner(program, (lm, "a"), {}, CostTracker())
+        >>> (state,) = conditional_smc(runner, [None], 4, False, 0, (0,))
+        >>> (moved,) = conditional_smc(runner, [state], 4, True, 0, (1,))
+        >>> state.trace.answer, moved.trace.answer
+        ('', 'a')
     """
 
     def __init__(

@@ -21,9 +21,11 @@ from ppl.trace import Site, Trace
 class Runner:
     """Executes one program for an engine and counts its work in ``tracker``.
 
-    Example:
-        >>> runner = Runner(program, (), {}, CostTracker())  # doctest: +SKIP
-        >>> runner.execute(Trace()).pending  # doctest: +SKIP
+    Example (``program`` writes two letters with ``lm``; an empty trace runs it to its
+    first choice):
+        >>> runner = Runner(program, (lm, "a"), {}, CostTracker())
+        >>> runner.execute(Trace()).pending
+        PendingChoice(name='letter_0', kind='step', fn=LMStep(), proposal=None)
     """
 
     def __init__(self, program, args: tuple, kwargs: dict, tracker: CostTracker):
