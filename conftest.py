@@ -2,6 +2,8 @@
 
 ``lm`` is a tiny randomly initialised llama over the characters ``a b c e``
 (see ``tests/tiny.py``), ``model_dir`` a directory where it is saved,
+``server_url`` the address of an OpenAI-compatible server of it that answers
+as vLLM does (``tests/openai_reference_server.py``, in a thread),
 ``program`` a two-step program over it, ``post`` its SMC posterior, ``coin`` a
 program of one biased coin flip, ``no_e(lm, head, prompt, proposal)`` three
 letters without ``e``, guided by a learned twist head and a logits processor
@@ -39,6 +41,7 @@ import torch
 
 import models
 import ppl
+from tests.openai_reference_server import ReferenceServer
 from tests.tiny import make_tiny_lm
 
 
@@ -222,6 +225,13 @@ def _model_dir(tmp_path_factory) -> str:
     return str(directory)
 
 
+@pytest.fixture(scope="session")
+def _server_url():
+    server = ReferenceServer(make_tiny_lm())
+    yield server.url
+    server.stop()
+
+
 def _fits_used(request) -> dict:
     """The fits an example reads (``fit.`` or ``calibration.`` in its source)."""
     source = "".join(example.source for example in request.node.dtest.examples)
@@ -243,6 +253,8 @@ def _doctest_objects(request, doctest_namespace):
     cal, heldout = request.getfixturevalue("_calibration_sets")
     if "model_dir" in request.node.dtest.docstring:
         doctest_namespace["model_dir"] = request.getfixturevalue("_model_dir")
+    if "server_url" in request.node.dtest.docstring:
+        doctest_namespace["server_url"] = request.getfixturevalue("_server_url")
     lm = make_tiny_lm()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model gains nothing from threads on a busy machine

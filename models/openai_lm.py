@@ -198,12 +198,13 @@ class OpenAILM(LM, ServerSlots):
     particle is ready (``models.server_slots``), so the server's continuous
     batching keeps its slots busy.
 
-    Example:
-        >>> lm = OpenAILM("http://127.0.0.1:8000/v1", "Qwen/Qwen2.5-7B-Instruct",  # doctest: +SKIP
-        ...               tokenizer="/models/qwen2.5-7b-instruct", server="vllm",
-        ...               max_concurrency=64)
-        >>> ppl.smc(program, lm, question, num_particles=64, seed=0)  # doctest: +SKIP
-        >>> lm = OpenAILM("http://127.0.0.1:8000/v1")  # doctest: +SKIP
+    Example (``server_url`` serves a tiny model over ``a b c e`` as vLLM does, and
+    ``model_dir`` holds its tokenizer; for a real one, e.g.
+    ``OpenAILM("http://127.0.0.1:8000/v1", "Qwen/Qwen2.5-7B-Instruct",
+    tokenizer="/models/qwen2.5-7b-instruct", server="vllm", max_concurrency=64)``):
+        >>> with OpenAILM(server_url, tokenizer=model_dir, server="vllm") as remote:
+        ...     ppl.smc(program, remote, "a", num_particles=8, seed=0)
+        <Posterior smc runs=1 particles=8 ess=7.0 log_evidence=-0.134>
     """
 
     # Same rendering as the local backends: the template's open assistant turn
@@ -408,8 +409,9 @@ class OpenAILM(LM, ServerSlots):
     def wait_until_ready(self, timeout: float = 60.0) -> None:
         """Poll ``GET /models`` until the server answers; ``ServerUnavailable`` after ``timeout``.
 
-        Example:
-            >>> lm.wait_until_ready(timeout=120)  # doctest: +SKIP
+        Example (``server_url`` serves a tiny model; ``model_dir`` holds its tokenizer):
+            >>> with OpenAILM(server_url, tokenizer=model_dir, server="vllm") as remote:
+            ...     remote.wait_until_ready(timeout=10)
         """
         self._run(self._wait_until_ready(timeout))
 

@@ -37,10 +37,18 @@ class ServerSlots(SlotLM):
     coroutine), ``_submit_coroutine`` (schedules one on the client's event
     loop), ``stats`` and ``failures``, and calls ``_reset_slots`` on start-up.
 
-    Example:
-        >>> (ticket,) = lm.submit([ppl.StepRequest("The")], [7])  # doctest: +SKIP
-        >>> while lm.busy:  # doctest: +SKIP
-        ...     ended = lm.advance()
+    Example (``server_url`` serves a tiny model over ``a b c e`` whose tokenizer is saved
+    in ``model_dir``):
+        >>> client = models.OpenAILM(server_url, tokenizer=model_dir, server="vllm")
+        >>> tickets = client.submit([ppl.StepRequest("ab", max_tokens=4)] * 2, [7, 8])
+        >>> ended = []
+        >>> while client.busy:
+        ...     ended += client.advance()
+        >>> sorted(ticket for ticket, _ in ended) == sorted(tickets)
+        True
+        >>> sorted(result.text for _, result in ended)
+        ['aaa', 'ac']
+        >>> client.close()
     """
 
     def _reset_slots(self) -> None:
