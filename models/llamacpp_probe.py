@@ -11,7 +11,8 @@ rest of the process (per model file and library).
 
 Set ``PPLSCALE_LLAMA_PROBE=0`` to skip it (a few seconds per process).
 
-Example:
+Example (needs ``llama-cpp-python``, which ``make test`` does not install, and loads the
+model in a child process, so it is not run as a test):
     >>> from models import embedded  # doctest: +SKIP
     >>> probe(embedded.gguf_path())  # doctest: +SKIP
 """

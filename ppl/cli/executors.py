@@ -70,7 +70,8 @@ def run_dataset(
     keyword arguments to ``ray.init``.
 
     Example (``make_runner`` would build its backend here, such as an
-    ``OpenAILM`` client of a shared server; ``add`` needs none):
+    ``OpenAILM`` client of a shared server; ``add`` needs none; the last call
+    needs Ray, which ``make test`` does not install, so it is not run as a test):
         >>> def make_runner():
         ...     def run_one(problem):
         ...         post = ppl.importance(add, problem["a"], problem["b"], num_particles=8, seed=0)
@@ -81,7 +82,7 @@ def run_dataset(
         DatasetRun(finished=['q1', 'q2'], skipped=[], failed={})
         >>> run_dataset(problems, make_runner, out_dir="results")  # a rerun skips them
         DatasetRun(finished=[], skipped=['q1', 'q2'], failed={})
-        >>> run_dataset(problems, make_runner, out_dir="results_ray",  # needs Ray
+        >>> run_dataset(problems, make_runner, out_dir="results_ray",
         ...             executor="ray", workers=8)  # doctest: +SKIP
     """
     store = RunStore(out_dir)
