@@ -193,34 +193,21 @@ class KVBatch:
             self.cache = new_cache(layers)
         self.mask = mask.to(self.mask.device)
 
-    @classmethod
-    def merge(cls, parts: Sequence[tuple[KVBatch, Sequence[int]]], num_rows: int) -> KVBatch:
-        """One batch from parts whose rows go to the given row positions.
+    def copy_prefix(self, row: int, source: KVBatch, source_row: int, length: int) -> None:
+        """Make ``row`` hold the first ``length`` tokens of ``source``'s row ``source_row``.
 
-        Parts may have different widths; narrower ones are padded on the right
-        with masked-out columns, so every row keeps its columns.
+        They go to this batch's last ``length`` columns (``length`` must not
+        exceed ``num_columns``): positions are passed explicitly, so where a
+        row's tokens sit does not matter, only their order.
         """
-        width = max(part.num_columns for part, _ in parts)
-        first = parts[0][0]
-        mask = first.mask.new_zeros((num_rows, width))
-        tokens: list[tuple[int, ...]] = [()] * num_rows
-        columns: list[list[int]] = [[] for _ in range(num_rows)]
-        per_layer = [_tensors(part.cache) for part, _ in parts]
-        layers = []
-        for layer_index, (keys, values) in enumerate(per_layer[0]):
-            shape = (num_rows, keys.shape[1], width, keys.shape[3])
-            merged_keys, merged_values = keys.new_zeros(shape), values.new_zeros(shape)
-            for (part, rows), part_layers in zip(parts, per_layer, strict=True):
-                index = torch.tensor(rows, dtype=torch.long, device=mask.device)
-                part_keys, part_values = part_layers[layer_index]
-                merged_keys[index, :, : part.num_columns] = part_keys
-                merged_values[index, :, : part.num_columns] = part_values
-            layers.append((merged_keys, merged_values))
-        for part, rows in parts:
-            index = torch.tensor(rows, dtype=torch.long, device=mask.device)
-            mask[index, : part.num_columns] = part.mask
-            for source, row in enumerate(rows):
-                tokens[row] = part.tokens[source]
-                columns[row] = part.columns[source]
-        cache = new_cache(layers) if layers else new_cache(len(first.cache.layers))
-        return cls(cache, mask, tokens, columns)
+        start = self.num_columns - length
+        index = torch.tensor(source.columns[source_row][:length], device=self.mask.device)
+        for (keys, values), (source_keys, source_values) in zip(
+            _tensors(self.cache), _tensors(source.cache), strict=True
+        ):
+            keys[row, :, start:] = source_keys[source_row].index_select(1, index)
+            values[row, :, start:] = source_values[source_row].index_select(1, index)
+        self.mask[row] = 0
+        self.mask[row, start:] = 1
+        self.tokens[row] = source.tokens[source_row][:length]
+        self.columns[row] = list(range(start, self.num_columns))

@@ -119,8 +119,7 @@ class RunningBatch:
             elif self.logits is None:
                 self._decode()
             ended += self._draw()
-            if not self.steps:  # drained: put shed rows back so the cache is whole again
-                self._restore_rows()
+            if not self.steps:
                 self.positions, self.rows = [], []
             return ended
         except Exception:
@@ -146,7 +145,6 @@ class RunningBatch:
         tickets = list(self.steps)
         running = [self.steps[t].sequence for t in tickets]
         try:
-            self._restore_rows()
             logits, rows = self.lm._feed(running + sequences, [1] * len(running) + num_logits)
         except Exception:
             self.reset()
@@ -169,12 +167,7 @@ class RunningBatch:
             if want and not self.needs_feed:
                 self.needs_feed = True  # rows decoded so far have no hidden state yet
 
-    def _restore_rows(self) -> None:
-        if self.positions:
-            self.lm._end_sampling(self.rows, len(self.positions))
-
     def _feed(self) -> None:
-        self._restore_rows()
         tickets = list(self.steps)
         sequences = [self.steps[t].sequence for t in tickets]
         logits, rows = self.lm._feed(sequences, [1] * len(sequences))

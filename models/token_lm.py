@@ -35,7 +35,7 @@ class TokenLM(LM, SlotLM):
 
     Subclasses set ``tokenizer``, ``eos_token_ids``, ``vocab_size``, ``device``
     and ``stats`` and implement ``_feed``, ``_decode`` and ``_forget``; they
-    may override ``_shed`` and ``_end_sampling``.
+    may override ``_shed``.
 
     Example (``TransformersLM`` is one; ``lm`` a tiny one over the letters ``a b c e``,
     whose end-of-sequence token has id 0; one call samples every request together):
@@ -80,9 +80,6 @@ class TokenLM(LM, SlotLM):
     def _shed(self, rows: list[int], done: list[bool]) -> list[int]:
         """Rows to keep decoding; rows whose request is done may stay and idle."""
         return rows
-
-    def _end_sampling(self, rows: list[int], size: int) -> None:
-        """Called when a sampling call's loop ends, with the rows still decoding."""
 
     def _capture_hidden(self, on: bool) -> None:
         """Make later ``_feed`` / ``_decode`` calls keep their last positions' hidden states."""

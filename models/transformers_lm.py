@@ -10,6 +10,7 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from models.kv_batch import KVBatch
+from models.prefix_pool import PrefixPool
 from models.token_lm import TokenLM, assign_slots, match_prefixes
 from ppl.errors import BackendError, InvalidArgumentError
 from ppl.lm import Context, LMStats
@@ -28,8 +29,9 @@ class TransformersLM(TokenLM):
     prefix is never recomputed: continuing particles keep their rows and
     resampled copies get copies of their ancestors' rows. A shared prompt is
     prefilled once. Rows whose step has ended leave the decoding batch once
-    they are a quarter of it, so they stop costing compute; their cache rows
-    are kept aside and put back when the call returns.
+    they are a quarter of it, so they stop costing compute. Rows that leave
+    the batch go to a pool of ``pool_rows`` rows (``models.prefix_pool``),
+    where later contexts still find their prefixes.
 
     Example (``lm`` is a tiny random llama over the letters ``a b c e``; load a real
     model with ``from_pretrained``):
@@ -38,7 +40,7 @@ class TransformersLM(TokenLM):
         ('abaa', (1, 2, 1, 1), True)
     """
 
-    def __init__(self, model, tokenizer, *, compact_threshold: float = 0.5):
+    def __init__(self, model, tokenizer, *, compact_threshold: float = 0.5, pool_rows: int = 64):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
@@ -49,7 +51,7 @@ class TransformersLM(TokenLM):
         self.compact_threshold = compact_threshold
         self.stats = LMStats()
         self._batch: KVBatch | None = None
-        self._parked: list[tuple[KVBatch, list[int]]] = []
+        self._pool = PrefixPool(pool_rows)
         self._encoded: dict[Context, tuple[int, ...]] = {}
         self._capturing_hidden = False
         self._hidden: torch.Tensor | None = None
@@ -87,7 +89,7 @@ class TransformersLM(TokenLM):
     # --- cache management -----------------------------------------------------
     def _forget(self) -> None:
         self._batch = None
-        self._parked = []
+        self._pool.clear()
 
     def _capture_hidden(self, on: bool) -> None:
         self._capturing_hidden = on
@@ -102,19 +104,14 @@ class TransformersLM(TokenLM):
         return embedding(torch.tensor(token_ids, device=self.device))
 
     def _shed(self, rows: list[int], done: list[bool]) -> list[int]:
-        """Park the rows of ended steps once they are a quarter of the batch."""
+        """Pool the rows of ended steps once they are a quarter of the batch."""
         idle = [row for row, j in enumerate(rows) if done[j]]
         if 4 * len(idle) < len(rows):
             return rows
         keep = [row for row, j in enumerate(rows) if not done[j]]
-        self._parked.append((self._batch.select(idle), [rows[row] for row in idle]))
+        self._pool.add(self._batch.select(idle))
         self._batch = self._batch.reindex(keep)
         return [rows[row] for row in keep]
-
-    def _end_sampling(self, rows: list[int], size: int) -> None:
-        if self._parked:
-            self._batch = KVBatch.merge([(self._batch, rows), *self._parked], size)
-            self._parked = []
 
     def _feed(
         self, sequences: list[tuple[int, ...]], num_logits: list[int]
@@ -122,10 +119,47 @@ class TransformersLM(TokenLM):
         """See ``TokenLM._feed``; rows stay where their cached prefix is wherever possible."""
         self._maybe_compact()
         try:
+            self._prefill_aside(sequences, num_logits)
             return self._feed_batch(sequences, num_logits)
         except Exception:
             self._forget()
             raise
+
+    def _prefill_aside(self, sequences, num_logits) -> None:
+        """Prefill the long uncached parts of a few contexts on their own rows, into the pool.
+
+        A feed pads every row to the longest uncached remainder, so a single
+        context with many uncached tokens (a new problem's prompt, or a
+        sampled tokenization that re-encoding changes) would cost every
+        decoding row that many positions. When that padding outweighs the
+        tokens themselves, those contexts are computed on a side batch of
+        their own rows, and the feed then copies them from the pool.
+        """
+        if self._batch is None:
+            return
+        sources, lengths = self._match(sequences, num_logits)
+        width, targets, short, longest = self._batch.num_columns, {}, 0, 1
+        for sequence, needed, source, length in zip(
+            sequences, num_logits, sources, lengths, strict=True
+        ):
+            end = len(sequence) - needed
+            if end - length > 1 and end <= width:
+                targets.setdefault(sequence[:end], (source, length))
+                longest = max(longest, end - length + needed)
+            else:
+                short += 1
+        aside = sum(len(target) - length for target, (_, length) in targets.items())
+        if not targets or short * (longest - 1) <= aside:
+            return
+        live = self._batch.num_rows
+        rows = sorted({source for source, _ in targets.values() if 0 <= source < live})
+        main = self._batch
+        self._batch = main.select(rows) if rows else None
+        try:
+            self._feed_batch(list(targets), [1] * len(targets))
+            self._pool.add(self._batch)
+        finally:
+            self._batch = main
 
     def _feed_batch(self, sequences, num_logits) -> tuple[torch.Tensor, list[int]]:
         sources, prefix_lengths = self._match(sequences, num_logits)
@@ -219,28 +253,50 @@ class TransformersLM(TokenLM):
         return logits
 
     def _match(self, sequences, num_logits) -> tuple[list[int], list[int]]:
-        cached = self._batch.tokens if self._batch is not None else []
-        return match_prefixes(cached, sequences, num_logits)
+        """``match_prefixes`` over the batch's rows, then the pool's (numbered after them).
+
+        A pooled prefix is copied into the batch's existing columns, so it
+        counts only up to their number.
+        """
+        if self._batch is None:
+            return match_prefixes([], sequences, num_logits)
+        width = self._batch.num_columns
+        pooled = [tokens[:width] for tokens in self._pool.tokens]
+        return match_prefixes(self._batch.tokens + pooled, sequences, num_logits)
 
     def _rows_for(self, sources: list[tuple[int, int]]) -> tuple[KVBatch, list[int]]:
-        """A batch holding, for each ``(source, length)``, that prefix of an old row.
+        """A batch holding, for each ``(source, length)``, that prefix of a batch or pool row.
 
         Returns the batch and the row given to each source. A source keeps its
         own row when it can, so surviving particles stay where they are and
-        only forked or replaced rows are copied.
+        only forked, replaced or pooled rows are copied. Rows the new batch
+        does not keep go to the pool.
         """
         old = self._batch
         if old is None:
             empty = KVBatch.empty(self.model.config.num_hidden_layers, len(sources), self.device)
             return empty, list(range(len(sources)))
-        num_rows = len(sources)
-        assigned = assign_slots([s for s, _ in sources], num_rows, keep_sources_free=False)
-        origins = [-1] * num_rows
-        for (source, _), row in zip(sources, assigned, strict=True):
+        live = old.num_rows
+        in_batch = [source if source < live else -1 for source, _ in sources]
+        assigned = assign_slots(in_batch, len(sources), keep_sources_free=False)
+        origins = [-1] * len(sources)
+        for source, row in zip(in_batch, assigned, strict=True):
             origins[row] = source
+        pooled = {
+            row: (self._pool.locate(source - live), length)
+            for (source, length), row in zip(sources, assigned, strict=True)
+            if source >= live
+        }
+        kept = set(origins)
+        dropped = [row for row in range(live) if row not in kept and old.tokens[row]]
+        leaving = old.select(dropped) if dropped else None
         batch = old.reindex(origins)
         for (source, length), row in zip(sources, assigned, strict=True):
-            batch.truncate(row, length if source >= 0 else 0)
+            batch.truncate(row, length if 0 <= source < live else 0)
+        for row, ((part, part_row), length) in pooled.items():
+            batch.copy_prefix(row, part, part_row, length)
+        if leaving is not None:
+            self._pool.add(leaving)
         return batch, assigned
 
     def _maybe_compact(self) -> None:
