@@ -42,7 +42,7 @@ import torch
 import models
 import ppl
 from tests.openai_reference_server import ReferenceServer
-from tests.tiny import make_tiny_lm
+from tests.tiny import make_tiny_lm, save_tiny_model
 
 
 @ppl.program
@@ -219,9 +219,7 @@ def _nuts_fits(_calibration_sets):
 @pytest.fixture(scope="session")
 def _model_dir(tmp_path_factory) -> str:
     directory = tmp_path_factory.mktemp("tiny_model")
-    lm = make_tiny_lm()
-    lm.model.save_pretrained(directory)
-    lm.tokenizer.save_pretrained(directory)
+    save_tiny_model(directory)
     return str(directory)
 
 

@@ -49,3 +49,10 @@ def make_tiny_lm(seed: int = 0, *, layers: int = 2) -> TransformersLM:
     torch.random.set_rng_state(generator_state)
     model.generation_config.eos_token_id = 0
     return TransformersLM(model.eval(), make_tokenizer())
+
+
+def save_tiny_model(directory) -> None:
+    """Write ``make_tiny_lm()``'s model and tokenizer to ``directory``, as a local model."""
+    lm = make_tiny_lm()
+    lm.model.save_pretrained(directory)
+    lm.tokenizer.save_pretrained(directory)

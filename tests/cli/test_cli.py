@@ -17,7 +17,7 @@ import cli_programs
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from tiny import make_tiny_lm
+from tiny import save_tiny_model
 from tqdm import tqdm
 
 import inference
@@ -48,9 +48,7 @@ def toy(*args):
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("tiny-model")
-    lm = make_tiny_lm()
-    lm.model.save_pretrained(directory)
-    lm.tokenizer.save_pretrained(directory)
+    save_tiny_model(directory)
     return directory
 
 
