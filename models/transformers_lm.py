@@ -119,13 +119,13 @@ class TransformersLM(TokenLM):
         """See ``TokenLM._feed``; rows stay where their cached prefix is wherever possible."""
         self._maybe_compact()
         try:
-            self._prefill_aside(sequences, num_logits)
-            return self._feed_batch(sequences, num_logits)
+            matched = self._prefill_aside(sequences, num_logits)
+            return self._feed_batch(sequences, num_logits, matched)
         except Exception:
             self._forget()
             raise
 
-    def _prefill_aside(self, sequences, num_logits) -> None:
+    def _prefill_aside(self, sequences, num_logits) -> tuple[list[int], list[int]] | None:
         """Prefill the long uncached parts of a few contexts on their own rows, into the pool.
 
         A feed pads every row to the longest uncached remainder, so a single
@@ -134,9 +134,12 @@ class TransformersLM(TokenLM):
         decoding row that many positions. When that padding outweighs the
         tokens themselves, those contexts are computed on a side batch of
         their own rows, and the feed then copies them from the pool.
+
+        Returns the sequences' matches (``_match``) when nothing was
+        prefilled, for the feed to reuse; ``None`` when the pool changed.
         """
         if self._batch is None:
-            return
+            return None
         sources, lengths = self._match(sequences, num_logits)
         width, targets, short, longest = self._batch.num_columns, {}, 0, 1
         for sequence, needed, source, length in zip(
@@ -150,7 +153,7 @@ class TransformersLM(TokenLM):
                 short += 1
         aside = sum(len(target) - length for target, (_, length) in targets.items())
         if not targets or short * (longest - 1) <= aside:
-            return
+            return sources, lengths
         live = self._batch.num_rows
         rows = sorted({source for source, _ in targets.values() if 0 <= source < live})
         main = self._batch
@@ -160,9 +163,10 @@ class TransformersLM(TokenLM):
             self._pool.add(self._batch)
         finally:
             self._batch = main
+        return None
 
-    def _feed_batch(self, sequences, num_logits) -> tuple[torch.Tensor, list[int]]:
-        sources, prefix_lengths = self._match(sequences, num_logits)
+    def _feed_batch(self, sequences, num_logits, matched=None) -> tuple[torch.Tensor, list[int]]:
+        sources, prefix_lengths = matched or self._match(sequences, num_logits)
         longest_remainder = max(len(q) - n for q, n in zip(sequences, prefix_lengths, strict=True))
         # Identical requests share one computation when they start from scratch
         # (a prompt's prefill) or their remainder is long; for the token or two
