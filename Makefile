@@ -22,8 +22,12 @@ demo: $(STAMP)
 
 # Passive OpenMP waiting: spinning threads stall badly when the machine is shared.
 # The docstring examples of the packages run too (objects they use: conftest.py).
+# TEST_WORKERS pytest processes of one thread each share the tests (work stealing
+# evens out the long statistical tests): 2 fit CI's 2 cores.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q --doctest-modules tests ppl inference models
+	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q -n $(TEST_WORKERS) \
+	  --dist worksteal --doctest-modules tests ppl inference models
 
 # Integration tier: the llama.cpp backend, OpenAILM against real servers (llama.cpp's
 # batching llama-server and llama-cpp-python's), and Ray executors on a local cluster.
