@@ -48,16 +48,18 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import math
 import random
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
 import numpy as np
 
+from models.completion_stream import merged_answer
 from models.server_slots import ServerSlots
 from models.token_lm import TokenLM
 from ppl.errors import (
@@ -88,9 +90,11 @@ class ServerProfile:
     listed, with its log-probability, among the returned tokens.
     ``sends_stop``: stop strings are sent to the server; when False (a server
     that drops the stop string's tokens and their log-probabilities from its
-    answer) the client cuts each completion after the token that completes a
-    stop string, which is exact (a token's log-probability depends only on the
-    tokens before it) at the cost of the tokens generated after the cut.
+    answer) the client streams the completion, closes it once a stop string
+    appears (the server then stops decoding it) and cuts it after the token
+    that completes the stop string, which is exact (a token's log-probability
+    depends only on the tokens before it) at the cost of the one or two tokens
+    the server generates before it notices.
 
     Example:
         >>> replace(SERVERS["vllm"], logprobs="processed").logprobs
@@ -136,7 +140,8 @@ SERVERS: dict[str, ServerProfile] = {
     ),
     # llama.cpp's C++ llama-server (parallel slots, continuous batching, prompt
     # cache): token ids come with the log-probabilities; a stop string's tokens
-    # are dropped from the answer, so stops are applied by the client.
+    # are dropped from the answer, so stops are applied by the client, which
+    # streams and closes the stream there.
     "llama.cpp": ServerProfile(
         {"top_p": 1.0, "top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0, **_NO_PENALTIES},
         logprobs="raw",
@@ -487,8 +492,14 @@ class OpenAILM(LM, ServerSlots):
             self._semaphore = asyncio.Semaphore(self.max_concurrency)
         return self._client
 
-    async def _post(self, path: str, body: dict | None) -> dict:
-        """POST ``body`` (GET when None), retrying transient failures; typed errors otherwise."""
+    async def _post(
+        self, path: str, body: dict | None, ended: Callable[[str], bool] | None = None
+    ) -> dict:
+        """POST ``body`` (GET when None), retrying transient failures; typed errors otherwise.
+
+        With ``ended`` the answer is streamed and read until ``ended(text)``
+        (``models.completion_stream``).
+        """
         client = self._ensure_client()
         url = f"{self.base_url}{path}"
         error: BackendError | None = None
@@ -503,10 +514,7 @@ class OpenAILM(LM, ServerSlots):
                     self._in_flight += 1
                     self.stats.peak_in_flight = max(self.stats.peak_in_flight, self._in_flight)
                     try:
-                        if body is None:
-                            response = await client.get(path)
-                        else:
-                            response = await client.post(path, json=body)
+                        status, answer = await _exchange(client, path, body, ended)
                     finally:
                         self._in_flight -= 1
             except httpx.TimeoutException:
@@ -515,18 +523,14 @@ class OpenAILM(LM, ServerSlots):
             except httpx.TransportError as transport_error:
                 error = ServerUnavailable(f"cannot reach {url}: {transport_error!r}")
                 continue
-            status = response.status_code
             if status == 429 or status >= 500:
-                error = ServerUnavailable(f"{url} answered {status}: {response.text[:300]}")
+                error = ServerUnavailable(f"{url} answered {status}: {answer[:300]}")
                 continue
             if status >= 400:
-                raise BadResponse(f"{url} rejected the request ({status}): {response.text[:500]}")
-            try:
-                return response.json()
-            except ValueError as json_error:
-                raise BadResponse(
-                    f"{url} answered with malformed JSON: {response.text[:200]!r}"
-                ) from json_error
+                raise BadResponse(f"{url} rejected the request ({status}): {answer[:500]}")
+            if isinstance(answer, str):
+                raise BadResponse(f"{url} answered with malformed JSON: {answer[:200]!r}")
+            return answer
         error.add_note(f"after {self.retries + 1} tries")
         raise error
 
@@ -597,9 +601,13 @@ class OpenAILM(LM, ServerSlots):
             fields["top_k"] = request.top_k
         if request.top_p is not None:
             fields["top_p"] = request.top_p
+        ended = None
         if request.stop and self.server.sends_stop:
             fields["stop"] = list(request.stop)
-        answer = await self._post("/completions", self._body(prompt, request.context, **fields))
+        elif request.stop:  # streamed and closed at a stop string, so the server stops there
+            ended = functools.partial(_holds_any, tuple(request.stop))
+        body = self._body(prompt, request.context, **fields)
+        answer = await self._post("/completions", body, ended)
         sample = self._parse_sample(answer, request)
         total = math.fsum(sample.log_probs)
         self.stats.tokens_generated += len(sample.token_ids)
@@ -722,6 +730,28 @@ def _default_concurrency(base_url: str, headers: dict) -> int:
         return max(2 * int(answer.json()["total_slots"]), 1)
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
         return 64
+
+
+def _holds_any(needles: tuple[str, ...], text: str) -> bool:
+    return any(needle in text for needle in needles)
+
+
+async def _exchange(
+    client: httpx.AsyncClient, path: str, body: dict | None, ended: Callable[[str], bool] | None
+) -> tuple[int, dict | str]:
+    """One request: its status and its JSON answer, or the body's text when that is not JSON."""
+    if body is not None and ended is not None:
+        async with client.stream("POST", path, json={**body, "stream": True}) as response:
+            if response.status_code >= 400:
+                return response.status_code, (await response.aread()).decode(errors="replace")
+            return response.status_code, await merged_answer(response.aiter_lines(), ended)
+    response = await (client.get(path) if body is None else client.post(path, json=body))
+    if response.status_code >= 400:
+        return response.status_code, response.text
+    try:
+        return response.status_code, response.json()
+    except ValueError:
+        return response.status_code, response.text
 
 
 def _token_logprobs(logprobs: dict) -> tuple[list[str], list[float]]:

@@ -105,6 +105,27 @@ def test_steps_match_the_model_and_end_at_the_stop_string(lm, reference):
     assert any(r.text.endswith(",") for r in results)
 
 
+def tokens_decoded(port: int) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    (line,) = [
+        line for line in text.splitlines() if line.startswith("llamacpp:tokens_predicted_total ")
+    ]
+    return float(line.split()[-1])
+
+
+def test_the_server_stops_decoding_a_step_at_its_stop_string(lm, server):
+    # Streamed and closed at the stop string, a step costs the server about the
+    # tokens it keeps, not max_tokens (64 here, for up to 8 kept tokens).
+    requests = [ppl.StepRequest("Once upon a time", stop=(" ",), max_tokens=64)] * 8
+    before = tokens_decoded(server)
+    results = lm.sample_steps(requests, seed=1)
+    time_for_cancellation = 0.5
+    threading.Event().wait(time_for_cancellation)
+    kept = sum(len(r.token_ids) for r in results)
+    assert all(len(r.token_ids) < 64 for r in results)
+    assert tokens_decoded(server) - before <= kept + 3 * len(results)
+
+
 def test_one_rounds_requests_are_all_in_flight_together(lm):
     # Twice the slots by default, so a slot that frees finds a request queued.
     requests = [ppl.StepRequest("Once upon a time", stop=(), max_tokens=4)] * (2 * SLOTS)
