@@ -48,17 +48,19 @@ def story(lm, prompt: str, num_steps: int, step_tokens: int):
 
 
 def tokens_per_second(lm, particles: int, steps: int, step_tokens: int, repeats: int):
-    """Median generated tokens/s over ``repeats`` SMC runs, and the tokens of one run."""
-    rates, tokens = [], 0
+    """Median tokens/s over ``repeats`` SMC runs; tokens generated and prefilled in one run."""
+    rates, tokens, prefilled = [], 0, 0
+    # A short run first: one-off start-up work (a server's first batches, allocations).
+    ppl.smc(story, lm, PROMPT, 1, step_tokens, num_particles=particles, seed=repeats)
     for seed in range(repeats):
         started = time.perf_counter()
         posterior = ppl.smc(
             story, lm, PROMPT, steps, step_tokens, num_particles=particles, seed=seed
         )
         seconds = time.perf_counter() - started
-        tokens = posterior.cost.tokens_generated
+        tokens, prefilled = posterior.cost.tokens_generated, posterior.cost.tokens_prefilled
         rates.append(tokens / seconds)
-    return statistics.median(rates), tokens
+    return statistics.median(rates), tokens, prefilled
 
 
 def start_llama_server(profile: str, threads: int, slots: int) -> tuple[subprocess.Popen, str]:
@@ -76,16 +78,34 @@ def start_llama_server(profile: str, threads: int, slots: int) -> tuple[subproce
     return process, f"http://127.0.0.1:{port}/v1"
 
 
-def busy_slot_share(base_url: str, slots: int) -> float | None:
-    """Mean busy slots per decode over the slots, from llama-server's /metrics."""
+def server_metrics(base_url: str) -> dict[str, float]:
+    """llama-server's /metrics counters by name (``llamacpp:`` dropped); empty if unavailable."""
     try:
         text = httpx.get(base_url.removesuffix("/v1") + "/metrics", timeout=10).text
     except httpx.HTTPError:
-        return None
+        return {}
+    metrics = {}
     for line in text.splitlines():
-        if line.startswith("llamacpp:n_busy_slots_per_decode"):
-            return float(line.split()[-1]) / slots
-    return None
+        if line.startswith("llamacpp:"):
+            name, value = line.removeprefix("llamacpp:").split()[:2]
+            metrics[name] = float(value)
+    return metrics
+
+
+def print_server_profile(particles: int, metrics: dict, slots: int, client_cpu: float, wall: float):
+    """Where the served runs' time went: the server's prefill and decode, and the client."""
+    if "n_busy_slots_per_decode" in metrics:
+        share = metrics["n_busy_slots_per_decode"] / slots
+        print(f"N={particles}: share of server slots busy per decode: {share:.2f}")
+    if "prompt_tokens_total" in metrics:
+        cached = metrics.get("prompt_tokens_cached_total", float("nan"))
+        print(
+            f"N={particles}: server prompt tokens evaluated {metrics['prompt_tokens_total']:.0f}"
+            f" (cached {cached:.0f}) in {metrics['prompt_seconds_total']:.1f} s; "
+            f"{metrics['tokens_predicted_total']:.0f} tokens decoded in "
+            f"{metrics['tokens_predicted_seconds_total']:.1f} s"
+        )
+    print(f"N={particles}: client CPU {client_cpu:.1f} s over {wall:.1f} s of served runs")
 
 
 def run_one(particles, steps, step_tokens, repeats, threads, profile, local, llama):
@@ -101,21 +121,26 @@ def run_one(particles, steps, step_tokens, repeats, threads, profile, local, lla
             timeout=600,
         )
         client.wait_until_ready(timeout=180)
-        served, served_tokens = tokens_per_second(client, particles, steps, step_tokens, repeats)
-        share = busy_slot_share(base_url, particles) if profile == "llama.cpp" else None
+        cpu, wall = time.process_time(), time.perf_counter()
+        served, served_tokens, _ = tokens_per_second(client, particles, steps, step_tokens, repeats)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        metrics = server_metrics(base_url) if profile == "llama.cpp" else {}
         client.close()
     finally:
         process.terminate()
         process.wait()
     print(f"N={particles}: {'OpenAILM (' + profile + ')':<28}{served_tokens:>8}{served:>10.1f}")
-    if share is not None:
-        print(f"N={particles}: share of server slots busy per decode: {share:.2f}")
-    rate, tokens = tokens_per_second(local, particles, steps, step_tokens, repeats)
-    print(f"N={particles}: {'TransformersLM':<28}{tokens:>8}{rate:>10.1f}")
+    print_server_profile(particles, metrics, particles, cpu, wall)
+    rate, tokens, prefilled = tokens_per_second(local, particles, steps, step_tokens, repeats)
+    print(f"N={particles}: {'TransformersLM':<28}{tokens:>8}{rate:>10.1f}  prefilled {prefilled}")
     print(f"N={particles}: ratio server / TransformersLM: {served / rate:.3f}")
     if llama is not None:
-        llama_rate, count = tokens_per_second(llama, particles, steps, step_tokens, repeats)
-        print(f"N={particles}: {'LlamaCppLM':<28}{count:>8}{llama_rate:>10.1f}")
+        llama_rate, count, prefilled = tokens_per_second(
+            llama, particles, steps, step_tokens, repeats
+        )
+        print(
+            f"N={particles}: {'LlamaCppLM':<28}{count:>8}{llama_rate:>10.1f}  prefilled {prefilled}"
+        )
         print(f"N={particles}: ratio server / LlamaCppLM: {served / llama_rate:.3f}")
 
 
@@ -181,12 +206,14 @@ def main(
     client.wait_until_ready(timeout=180)
     print(f"SMC, N={particles}, {steps} steps of up to {step_tokens} tokens, {repeats} repeat(s)")
     print(f"{'backend':<28}{'tokens':>8}{'tokens/s':>10}")
-    served_rate, served_tokens = tokens_per_second(client, particles, steps, step_tokens, repeats)
+    served_rate, served_tokens, _ = tokens_per_second(
+        client, particles, steps, step_tokens, repeats
+    )
     print(f"{'OpenAILM (' + profile + ')':<28}{served_tokens:>8}{served_rate:>10.1f}")
     client.close()
     if local is None:
         return
-    local_rate, local_tokens = tokens_per_second(local, particles, steps, step_tokens, repeats)
+    local_rate, local_tokens, _ = tokens_per_second(local, particles, steps, step_tokens, repeats)
     print(f"{'TransformersLM':<28}{local_tokens:>8}{local_rate:>10.1f}")
     if local_model is None:
         try:
@@ -194,7 +221,7 @@ def main(
         except ppl.ModelNotInstalledError:
             llama = None
         if llama is not None:
-            rate, count = tokens_per_second(llama, particles, steps, step_tokens, repeats)
+            rate, count, _ = tokens_per_second(llama, particles, steps, step_tokens, repeats)
             print(f"{'LlamaCppLM':<28}{count:>8}{rate:>10.1f}")
             llama.close()
     print(f"ratio server / TransformersLM: {served_rate / local_rate:.3f}")

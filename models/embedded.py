@@ -102,6 +102,9 @@ def llama_cpp_server_command(
     command = [str(llama_cpp_server_path()), "--model", str(gguf_path()), "--alias", "smollm2"]
     command += ["--host", host, "--port", str(port), "--ctx-size", str(n_ctx)]
     command += ["--parallel", str(slots), "--cont-batching", "--kv-unified", "--slots"]
+    # Otherwise each new task moves idle slots to the host-memory prompt cache and
+    # clears them, so a particle's next step restores or re-evaluates its context.
+    command += ["--no-cache-idle-slots"]
     command += ["--metrics", "--no-webui"]
     if threads is not None:
         command += ["--threads", str(threads), "--threads-batch", str(threads)]
