@@ -39,6 +39,8 @@ LLAMA_CPP_DIR = $(shell PYTHON=$(BIN)/python scripts/build_llama_cpp.sh --print-
 INTEGRATION_TESTS := tests/models/test_llama_server.py tests/models/test_llamacpp_probe.py \
   tests/models/test_openai_server.py tests/cli/test_executors.py tests/models/test_openai_lm.py \
   tests/models/test_llamacpp.py
+# Docstring examples that need the packages this tier installs (`__doctest_requires__`).
+INTEGRATION_DOCTESTS := models/llamacpp_lm.py models/llamacpp_probe.py
 test-integration: $(STAMP)
 	PYTHON=$(BIN)/python CMAKE_BUILD_PARALLEL_LEVEL=2 nice scripts/build_llama_cpp.sh
 	# Always the portable wheel, even over a native build of the same version.
@@ -46,7 +48,8 @@ test-integration: $(STAMP)
 	$(BIN)/pip install -q --find-links $(LLAMA_CPP_DIR) 'llama-cpp-python[server]==0.3.36' 'ray>=2.40'
 	ln -sf $(LLAMA_CPP_DIR)/bin/llama-server $(BIN)/llama-server
 	PPLSCALE_REQUIRE_INTEGRATION=1 PPLSCALE_LLAMA_SERVER=$(LLAMA_CPP_DIR)/bin/llama-server \
-	  OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q $(INTEGRATION_TESTS)
+	  OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q $(INTEGRATION_TESTS) \
+	  --doctest-modules $(INTEGRATION_DOCTESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check . && $(BIN)/ruff check .

@@ -28,6 +28,8 @@ XLA's compilation cache, kept in a temporary directory for the session, lets a
 fit that repeats a model on the same data skip its compilation.
 """
 
+import fnmatch
+import importlib.util
 import math
 import os
 import re
@@ -178,6 +180,30 @@ def pytest_configure(config):
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", directory)
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if isinstance(item, pytest.DoctestItem) and (missing := _missing_packages(item)):
+            reason = f"needs {', '.join(missing)}: `make test-integration` installs and runs it"
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def _missing_packages(item) -> list[str]:
+    """What an example needs, by its module's ``__doctest_requires__``, that is not installed.
+
+    ``__doctest_requires__`` maps patterns of names in the module (``"*"``:
+    every example) to the top-level packages those examples import.
+    """
+    globs = item.dtest.globs
+    name = item.dtest.name.removeprefix(globs["__name__"] + ".")
+    needed = [
+        package
+        for pattern, packages in globs.get("__doctest_requires__", {}).items()
+        if fnmatch.fnmatch(name, pattern)
+        for package in packages
+    ]
+    return [package for package in needed if importlib.util.find_spec(package) is None]
 
 
 def pytest_unconfigure(config):

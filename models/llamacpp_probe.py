@@ -11,10 +11,10 @@ rest of the process (per model file and library).
 
 Set ``PPLSCALE_LLAMA_PROBE=0`` to skip it (a few seconds per process).
 
-Example (needs ``llama-cpp-python``, which ``make test`` does not install, and loads the
-model in a child process, so it is not run as a test):
-    >>> from models import embedded  # doctest: +SKIP
-    >>> probe(embedded.gguf_path())  # doctest: +SKIP
+Example (needs ``llama-cpp-python``, which ``make test`` does not install;
+``make test-integration`` runs it):
+    >>> from models import embedded
+    >>> probe(embedded.gguf_path())  # passes quietly, or raises
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ import sys
 from pathlib import Path
 
 from ppl.errors import BackendError, CapabilityError
+
+# Examples that need a package ``make test`` does not install (root conftest.py).
+__doctest_requires__ = {"*": ["llama_cpp"]}
 
 PORTABLE_BUILD = (
     "rebuild llama-cpp-python without -march=native: `scripts/build_llama_cpp.sh` (run by "
