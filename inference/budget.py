@@ -220,14 +220,11 @@ def fit_beta_success(
     as in ``fit_scaling_law``.
 
     Example (a small fit; problems that almost never succeed make 90% coverage
-    cost tens of thousands of samples. Compiling this model's NUTS takes about
-    15 s, so the example is not run as a test; ``tests/inference/test_budget.py``
-    fits it):
-        >>> fit = fit_beta_success([3, 0, 10, 1], [10] * 4,  # doctest: +SKIP
+    cost tens of thousands of samples; compiling this model's NUTS takes about 15 s):
+        >>> fit = fit_beta_success([3, 0, 10, 1], [10] * 4,
         ...                        num_warmup=200, num_samples=300)
-        >>> fit.check()  # doctest: +SKIP
+        >>> fit.check()
         >>> fit.predict([1, 8])["mean"].round(1), fit.required_budget(0.9, 0.8) > 10_000
-        ... # doctest: +SKIP
         (array([0.4, 0.7]), True)
     """
     _, s, n = _check_counts(np.ones(len(successes)), successes, trials)

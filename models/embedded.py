@@ -161,10 +161,9 @@ def converted_model_dir() -> Path:
 def default_lm(*, dtype: torch.dtype = torch.float32) -> TransformersLM:
     """The embedded SmolLM2-135M-Instruct as a ``TransformersLM``.
 
-    Example (loading takes about 4 s, and 13 s the first time, when the GGUF is converted,
-    so it is not run as a test; the slow tests load the model):
-        >>> lm = default_lm()  # doctest: +SKIP
-        >>> lm.render(ppl.Chat("Hi"))  # doctest: +SKIP +NORMALIZE_WHITESPACE
+    Example (loading takes about 4 s, and 13 s the first time, when the GGUF is converted):
+        >>> lm = default_lm()
+        >>> lm.render(ppl.Chat("Hi"))  # doctest: +NORMALIZE_WHITESPACE
         '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging
         Face<|im_end|>\\n<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
     """
