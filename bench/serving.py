@@ -84,12 +84,7 @@ def server_metrics(base_url: str) -> dict[str, float]:
         text = httpx.get(base_url.removesuffix("/v1") + "/metrics", timeout=10).text
     except httpx.HTTPError:
         return {}
-    metrics = {}
-    for line in text.splitlines():
-        if line.startswith("llamacpp:"):
-            name, value = line.removeprefix("llamacpp:").split()[:2]
-            metrics[name] = float(value)
-    return metrics
+    return embedded.parse_server_metrics(text)
 
 
 def print_server_profile(particles: int, metrics: dict, slots: int, client_cpu: float, wall: float):

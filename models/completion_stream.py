@@ -34,7 +34,7 @@ async def merged_answer(lines: AsyncIterator[str], ended: Callable[[str], bool])
         >>> answer["choices"][0]["text"], len(answer["choices"][0]["logprobs"]["content"])
         ('Hi.', 2)
     """
-    text, entries, finish_reason = [], [], None
+    text, entries, finish_reason = "", [], None
     async for line in lines:
         if not line.startswith("data:"):
             continue
@@ -44,12 +44,12 @@ async def merged_answer(lines: AsyncIterator[str], ended: Callable[[str], bool])
         choice = _first_choice(data)
         if choice is None:  # e.g. a closing chunk that only reports usage
             continue
-        text.append(choice.get("text") or "")
+        text += choice.get("text") or ""
         entries += (choice.get("logprobs") or {}).get("content") or []
         finish_reason = choice.get("finish_reason") or finish_reason
-        if ended("".join(text)):
+        if ended(text):
             break
-    choice = {"text": "".join(text), "logprobs": {"content": entries}}
+    choice = {"text": text, "logprobs": {"content": entries}}
     return {"choices": [{**choice, "finish_reason": finish_reason}]}
 
 

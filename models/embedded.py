@@ -111,6 +111,24 @@ def llama_cpp_server_command(
     return command
 
 
+def parse_server_metrics(text: str) -> dict[str, float]:
+    """llama-server's ``/metrics`` answer (Prometheus text) as ``{name: value}``.
+
+    The ``llamacpp:`` prefix is dropped; comment lines are skipped.
+
+    Example:
+        >>> parse_server_metrics("# TYPE llamacpp:tokens_predicted_total counter\\n"
+        ...                      "llamacpp:tokens_predicted_total 610\\n")
+        {'tokens_predicted_total': 610.0}
+    """
+    metrics = {}
+    for line in text.splitlines():
+        if line.startswith("llamacpp:"):
+            name, value = line.removeprefix("llamacpp:").split()[:2]
+            metrics[name] = float(value)
+    return metrics
+
+
 def cache_dir() -> Path:
     """Where converted models are kept: ``$PPLSCALE_CACHE``, else the user cache dir."""
     if os.environ.get("PPLSCALE_CACHE"):
