@@ -38,7 +38,7 @@ test: $(STAMP)
 LLAMA_CPP_DIR = $(shell PYTHON=$(BIN)/python scripts/build_llama_cpp.sh --print-dir)
 INTEGRATION_TESTS := tests/models/test_llama_server.py tests/models/test_llamacpp_probe.py \
   tests/models/test_openai_server.py tests/cli/test_executors.py tests/models/test_openai_lm.py \
-  tests/models/test_llamacpp.py
+  tests/models/test_llamacpp.py tests/models/test_portable_build.py
 # Docstring examples that need the packages this tier installs (`__doctest_requires__`).
 INTEGRATION_DOCTESTS := models/llamacpp_lm.py models/llamacpp_probe.py
 test-integration: $(STAMP)
