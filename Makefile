@@ -40,7 +40,8 @@ INTEGRATION_TESTS := tests/models/test_llama_server.py tests/models/test_llamacp
   tests/models/test_openai_server.py tests/cli/test_executors.py tests/models/test_openai_lm.py \
   tests/models/test_llamacpp.py tests/models/test_portable_build.py
 # Docstring examples that need the packages this tier installs (`__doctest_requires__`).
-INTEGRATION_DOCTESTS := models/llamacpp_lm.py models/llamacpp_probe.py
+INTEGRATION_DOCTESTS := models/llamacpp_lm.py models/llamacpp_probe.py models/embedded.py \
+  ppl/cli/executors.py
 test-integration: $(STAMP)
 	PYTHON=$(BIN)/python CMAKE_BUILD_PARALLEL_LEVEL=2 nice scripts/build_llama_cpp.sh
 	# Always the portable wheel, even over a native build of the same version.

