@@ -143,31 +143,13 @@ def run(
         raise click.UsageError("give at most one of --input, --input-json and --dataset")
     if executor == "local" and (workers is not None or ray_address is not None):
         raise click.UsageError("--workers and --ray-address need --executor ray")
-    if target.endswith(".toml"):
-        spec = load_recipe(target)
-    else:
-        spec = RunSpec(program=target)
+    spec = load_recipe(target) if target.endswith(".toml") else RunSpec(program=target)
     spec = spec.merged(method=method, particles=particles, runs=runs, model=model, seed=seed)
-    if input_text is not None:
-        spec = spec.merged(args=[input_text], kwargs={}, dataset=None)
-    elif input_json is not None:
-        args, kwargs = parse_input_json(input_json)
-        spec = spec.merged(args=args, kwargs=kwargs, dataset=None)
-    elif dataset is not None:
-        spec = spec.merged(args=[], kwargs={}, dataset=dataset)
-    if params:
-        spec = spec.merged(parameters={**spec.parameters, **dict(map(parse_parameter, params))})
+    spec = _with_inputs(spec, input_text, input_json, dataset, params)
     out_dir = Path(out or spec.out or f"runs/{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-
     engine = resolve_method(spec.method, spec.parameters)
     check_model(spec.model)
-    clashes = sorted(
-        set(spec.kwargs) & {engine.size_parameter, "seed", "num_runs", *spec.parameters}
-    )
-    if clashes:
-        raise RecipeError(
-            f"program keyword argument(s) {', '.join(clashes)} clash with method parameters"
-        )
+    _check_no_clash(spec, engine)
     problems = read_dataset(Path(spec.dataset)) if spec.dataset else None
     if executor == "ray" and problems is None:
         raise click.UsageError("--executor ray spreads the problems of a --dataset over workers")
@@ -188,30 +170,7 @@ def run(
         rounds = output.progress(desc=f"{spec.method} rounds", unit="round", enabled=lm is not None)
         with rounds as bar:
             posterior = infer_one(spec.args, spec.kwargs, spec.seed, bar)
-        decision = calibration.predict(posterior, seed=spec.seed) if calibration else None
-        diagnostics = rundir.save_run(
-            posterior,
-            out_dir,
-            metadata=run_metadata(spec),
-            title=spec.program.rpartition(":")[2],
-            decision=decision,
-        )
-        output.info(diagnostics.text())
-        if decision is not None:
-            output.info("\n" + decision.text())
-        output.info(
-            f"\nwrote {out_dir / rundir.REPORT_FILE} (and result.json, posterior.nc, "
-            "genealogy.graphml)"
-        )
-        best = diagnostics.answers[0] if diagnostics.answers else None
-        output.result(
-            {
-                "out": str(out_dir),
-                "map_answer": best.label if best else None,
-                "diagnostics": diagnostics.to_dict(),
-                "calibration": decision.to_dict() if decision else None,
-            }
-        )
+        _save_one(posterior, spec, out_dir, calibration, output)
         return
     placement = Placement(executor, workers or 2, ray_address)
     # Without a model there is no running batch to share.
@@ -222,6 +181,64 @@ def run(
         spec, problems, out_dir, infer_one, placement, output, calibration, infer_many
     )
     output.result({"out": str(out_dir), **summary})
+
+
+def _with_inputs(
+    spec: RunSpec,
+    input_text: str | None,
+    input_json: str | None,
+    dataset: str | None,
+    params: Sequence[str],
+) -> RunSpec:
+    """The recipe with the command line's inputs (one of text, JSON or dataset) and parameters."""
+    if input_text is not None:
+        spec = spec.merged(args=[input_text], kwargs={}, dataset=None)
+    elif input_json is not None:
+        args, kwargs = parse_input_json(input_json)
+        spec = spec.merged(args=args, kwargs=kwargs, dataset=None)
+    elif dataset is not None:
+        spec = spec.merged(args=[], kwargs={}, dataset=dataset)
+    if params:
+        spec = spec.merged(parameters={**spec.parameters, **dict(map(parse_parameter, params))})
+    return spec
+
+
+def _check_no_clash(spec: RunSpec, engine) -> None:
+    clashes = sorted(
+        set(spec.kwargs) & {engine.size_parameter, "seed", "num_runs", *spec.parameters}
+    )
+    if clashes:
+        raise RecipeError(
+            f"program keyword argument(s) {', '.join(clashes)} clash with method parameters"
+        )
+
+
+def _save_one(posterior: Posterior, spec: RunSpec, out_dir: Path, calibration, output) -> None:
+    """Write one run's directory and print its diagnostics (and calibrated decision)."""
+    decision = calibration.predict(posterior, seed=spec.seed) if calibration else None
+    diagnostics = rundir.save_run(
+        posterior,
+        out_dir,
+        metadata=run_metadata(spec),
+        title=spec.program.rpartition(":")[2],
+        decision=decision,
+    )
+    output.info(diagnostics.text())
+    if decision is not None:
+        output.info("\n" + decision.text())
+    output.info(
+        f"\nwrote {out_dir / rundir.REPORT_FILE} (and result.json, posterior.nc, "
+        "genealogy.graphml)"
+    )
+    best = diagnostics.answers[0] if diagnostics.answers else None
+    output.result(
+        {
+            "out": str(out_dir),
+            "map_answer": best.label if best else None,
+            "diagnostics": diagnostics.to_dict(),
+            "calibration": decision.to_dict() if decision else None,
+        }
+    )
 
 
 def _count_round(bar, event) -> None:
