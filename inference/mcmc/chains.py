@@ -1,4 +1,4 @@
-"""Lock-step Metropolis-Hastings chains (optionally tempered, with swaps) and their posterior."""
+"""Metropolis-Hastings chains (optionally tempered, with swaps) and their posterior."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def run_chains(
     scan_length: int | None,
     rng: np.random.Generator,
 ) -> tuple[list[list[Trace]], dict]:
-    """Run ``len(states) / len(betas)`` ensembles of tempered chains in lock-step.
+    """Run ``len(states) / len(betas)`` ensembles of tempered chains, one move each per step.
 
     ``states`` is ensemble-major: ensemble ``c`` holds ``states[c*K : (c+1)*K]``
     at ``betas[0..K-1]``. Step ``s`` moves every state at random choice

@@ -28,9 +28,9 @@ proposal for it and re-runs the program from there:
   kept is a symmetric test of the two visits, so the reverse move keeps the
   same choices and the ratio is the Metropolis-Hastings ratio of this proposal.
 
-Moves of many states run in lock-step: each round draws every pending fresh
-choice in one batched call per language model, and all kept steps are
-re-scored together in one batched ``score_steps`` call per model.
+Moves of many states run together on the particle runtime: each fresh LM
+step joins its backend's running batch as soon as its walk is ready, and all
+kept steps are re-scored together in one batched ``score_steps`` call per model.
 """
 
 from __future__ import annotations

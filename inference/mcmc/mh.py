@@ -55,8 +55,10 @@ def mh(
       and the proposal densities of the discarded and fresh choices.
 
     A chain with no such choice (a shorter trace) stays put for that step.
-    Chains move in lock-step: each round of fresh draws is one batched call
-    per model for all chains. Chains start from a trace picked by weight
+    Chains move together on the particle runtime: a chain's fresh LM steps
+    join the backend's running batch as soon as it is ready, each from its
+    own random stream, and kept steps of all chains are re-scored in one
+    batched call per model. Chains start from a trace picked by weight
     among ``init_particles`` runs of the program (or from ``initial``, one
     complete trace per chain).
 

@@ -1,4 +1,4 @@
-"""The runner of trace moves: executes a program, draws and scores its choices.
+"""The runner of trace moves: executes a program and scores kept steps.
 
 Its work is counted in a ``CostTracker`` (``inference.runtime``), shared with the
 runtimes of the same engine run, so a run reports its cost through one object.
@@ -8,14 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
 from inference.runtime import CostTracker
 from ppl.errors import BackendError
-from ppl.handlers import PendingChoice
 from ppl.lm import ScoreRequest
-from ppl.runtime import Execution, as_program, execute, resolve_choices
-from ppl.trace import Site, Trace
+from ppl.runtime import Execution, as_program, execute
+from ppl.trace import Trace
 
 
 class Runner:
@@ -42,13 +39,6 @@ class Runner:
             raise
         self.tracker.verifier_calls += execution.memo_calls
         return execution
-
-    def draw(self, choices: Sequence[PendingChoice], rng: np.random.Generator) -> list[Site]:
-        """Draw every choice; ``step`` choices of one model share one batched call."""
-        for choice in choices:
-            if choice.kind == "step":
-                self.tracker.track(choice.fn.lm)
-        return resolve_choices(choices, rng)
 
     def score(self, requests: Sequence[tuple[object, ScoreRequest]]) -> list[float]:
         """Score every ``(lm, request)``; one batched ``score_steps`` call per model."""

@@ -1,8 +1,9 @@
 """The proposal walk of a trace move: re-run a program from a redrawn choice, batched.
 
-Walks of many states advance in lock-step: each round draws every pending fresh
-choice in one batched call per language model; steps a ``rescore`` move keeps
-are re-scored together in one batched ``score_steps`` call per model.
+Walks of many states run together on the particle runtime: each fresh LM step
+joins its backend's running batch as soon as its walk is ready; steps a
+``rescore`` move keeps are re-scored together in one batched ``score_steps``
+call per model.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 from inference.mcmc.runner import Runner
 from inference.mcmc.state import State, log_proposal
+from inference.runtime import Particle, Runtime
 from ppl.errors import (
     InvalidArgumentError,
     ReplayDivergenceError,
@@ -101,45 +103,66 @@ class Walk:
 
 
 def run_walks(runner: Runner, walks: Sequence[Walk], rng: np.random.Generator) -> None:
-    """Advance every walk to its end in lock-step.
+    """Advance every walk to its end on the particle runtime.
 
-    Each round draws the pending fresh choice of every walk that needs one, in
-    one batched call per model; kept steps are re-scored at the end, in one
-    batched call per model.
+    Each walk is a particle of one runtime run: its fresh LM steps join each
+    backend's running batch as soon as the walk is ready, each drawn from
+    the walk's own stream (a run seed taken from ``rng``); kept steps are
+    re-scored at the end, in one batched call per model.
     """
-    for walk in walks:
-        _advance(runner, walk)
-    while True:
-        waiting = [w for w in walks if not w.done]
-        if not waiting:
-            break
-        sites = runner.draw([w.pending for w in waiting], rng)
-        for walk, site in zip(waiting, sites, strict=True):
-            if site.log_prob > -math.inf:
-                walk.log_q += log_proposal(site)
-            _extend(runner, walk, site)
-            _advance(runner, walk)
+    runtime = Runtime(
+        runner.prog,
+        runner.args,
+        runner.kwargs,
+        seed=int(rng.integers(2**63)),
+        method="mh",
+        tracker=runner.tracker,
+    )
+    policy = _WalkPolicy(walks)
+    runtime.drive(policy)
+    for particle, walk in zip(policy.particles, walks, strict=True):
+        walk.trace, walk.pending = particle.trace, particle.pending
     _score_kept_steps(runner, walks)
 
 
-def _advance(runner: Runner, walk: Walk) -> None:
-    """Take kept or supplied values until the walk needs a fresh draw or ends."""
-    while not walk.done:
+class _WalkPolicy:
+    """The walks as a runtime policy: one particle per walk, reused values supplied."""
+
+    def __init__(self, walks: Sequence[Walk]):
+        self.particles = [Particle(k, (k,), w.trace, w.pending) for k, w in enumerate(walks)]
+        self.walks = dict(zip(self.particles, walks, strict=True))
+        self.reused: dict[Particle, Site | None] = {}
+
+    def may_draw(self, particle: Particle) -> bool:
+        walk = self.walks[particle]
+        walk.trace, walk.pending = particle.trace, particle.pending
+        if walk.done:
+            return False
         site = _reused_site(walk)
-        if site is None:
-            return
-        _extend(runner, walk, site)
+        if walk.invalid:
+            return False
+        self.reused[particle] = site
+        walk.positions.append(len(walk.trace.sites))
+        if walk.choices is not None:
+            walk.choices.append(walk.pending)
+        return True
 
+    def supplied(self, particle: Particle) -> Site | None:
+        return self.reused[particle]
 
-def _extend(runner: Runner, walk: Walk, site: Site) -> None:
-    walk.positions.append(len(walk.trace.sites))
-    walk.sites.append(site)
-    if walk.choices is not None:
-        walk.choices.append(walk.pending)
-    execution = runner.execute(walk.trace.extend(site))
-    walk.trace, walk.pending = execution.trace, execution.pending
-    if (site.log_prob == -math.inf or execution.log_weight == -math.inf) and not walk.stale_read():
-        walk.dead = True
+    def on_choice(self, particle: Particle) -> None:
+        walk = self.walks[particle]
+        site = particle.trace.sites[walk.positions[-1]]
+        walk.sites.append(site)
+        if self.reused.pop(particle) is None and site.log_prob > -math.inf:
+            walk.log_q += log_proposal(site)
+        if site.log_prob == -math.inf or (
+            particle.log_weight == -math.inf and not walk.stale_read()
+        ):
+            walk.dead = True
+        # The walk keeps its own target; a -inf that a stale Step.logp caused may vanish
+        # once the kept steps are re-scored, so the particle goes on.
+        particle.log_weight = 0.0
 
 
 def _reused_site(walk: Walk) -> Site | None:
@@ -223,7 +246,7 @@ def _score_kept_steps(runner: Runner, walks: Sequence[Walk]) -> None:
     for walk in walks:
         if not walk.unscored:
             continue
-        rerun = walk.stale_read()
+        rerun = walk.stale_read() and not walk.dead
         sites = list(walk.trace.sites)
         for k, _, _ in walk.unscored:
             score = next(scores)

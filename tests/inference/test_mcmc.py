@@ -422,9 +422,9 @@ def test_lm_calls_are_batched_across_chains():
             super().__init__(base.model, base.tokenizer)
             self.sample_sizes, self.score_sizes = [], []
 
-        def sample_steps(self, requests, *, seed=None):
+        def submit(self, requests, seeds):  # steps joining the running batch
             self.sample_sizes.append(len(requests))
-            return super().sample_steps(requests, seed=seed)
+            return super().submit(requests, seeds)
 
         def score_steps(self, requests):
             self.score_sizes.append(len(requests))
@@ -445,8 +445,8 @@ def test_lm_calls_are_batched_across_chains():
             proposal=proposal,
             seed=0,
         )
-        # Each step draws its step site once for all chains together. Re-drawing the first
-        # step then costs one more round (regenerate: a draw; rescore: a re-scoring).
+        # Each step's draws join the running batch once for all chains together. Re-drawing
+        # the first step then costs one more round (regenerate: a draw; rescore: a re-scoring).
         sample_calls, score_calls = len(lm.sample_sizes), len(lm.score_sizes)
         assert steps <= sample_calls and sample_calls + score_calls <= steps // 2 * 3
         assert max(lm.sample_sizes) == chains
