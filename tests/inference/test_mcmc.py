@@ -24,6 +24,11 @@ from tiny import make_tiny_lm
 
 import ppl
 from inference.mcmc import chain_diagnostics
+from inference.mcmc.kernel import mh_move
+from inference.mcmc.runner import Runner
+from inference.mcmc.start import states_from_traces
+from inference.mcmc.state import log_tempered_terms
+from inference.runtime import CostTracker
 from ppl.answers import answer_label
 from ppl.posterior import Posterior
 
@@ -213,6 +218,36 @@ def test_mh_moves_keep_the_posterior_invariant(branching_draws, proposal):
     # Samples are chain-major; step s moved random choice s of every chain.
     for step in range(3):
         assert_exact_iid(posterior.particles[step::3], exact)
+
+
+@pytest.mark.parametrize("beta", [0.4, 0.1])
+def test_tempered_mh_moves_keep_the_tempered_posterior_invariant(beta):
+    # Exact draws of pi_beta: importance draws accepted by their tempered weight.
+    importance = ppl.importance(branching, num_particles=5000, seed=1)
+    log_weight_max = max(p + beta * f - q for _, p, f, q in branching_states())
+    rng = np.random.default_rng(0)
+    draws = [
+        trace
+        for trace, log_weight in zip(importance.particles, importance.log_weights, strict=True)
+        if log_weight > -math.inf
+        and rng.random()
+        < math.exp(log_weight - (1 - beta) * log_tempered_terms(trace) - log_weight_max)
+    ]
+    exact = exact_branching(beta)
+    assert_exact_iid(draws, exact)
+    runner = Runner(branching, (), {}, CostTracker())
+    states = states_from_traces(runner, draws)
+    for index in range(4):  # x0, x1, then y or x2, then y of x0 == 2
+        moved, accepted = mh_move(
+            runner,
+            states,
+            index,
+            proposal="regenerate",
+            rng=np.random.default_rng(index),
+            betas=[beta] * len(states),
+        )
+        assert True in accepted and False in accepted
+        assert_exact_iid([state.trace for state in moved], exact)
 
 
 @pytest.mark.parametrize("ancestor_sampling", [False, True])
