@@ -154,8 +154,11 @@ def test_mh_matches_enumeration(proposal):
 
 
 def test_parallel_tempering_matches_enumeration():
+    # Over seeds 1-40 (`bench/mcmc_calibration.py`) every answer's mean estimate is within
+    # 2 SE of exact and the estimates spread 1.0-1.2 MCSE, yet 5 of the 40 seeds (1, 2, 4,
+    # 6 and 34) put one of the 7 answers beyond 3 MCSE: a seed fails about one time in eight.
     posterior = ppl.parallel_tempering(
-        branching, num_steps=2500, burn_in=200, num_chains=6, betas=(1.0, 0.4, 0.1), seed=1
+        branching, num_steps=2500, burn_in=200, num_chains=6, betas=(1.0, 0.4, 0.1), seed=11
     )
     assert posterior.num_runs == 6 and posterior.num_particles == 6 * 2300
     assert all(0.2 < rate < 1.0 for rate in posterior.info["swap_acceptance_rate"])
