@@ -97,17 +97,28 @@ def to_inference_data(posterior: Posterior, *, seed: int = 0):
         (['log_evidence', 'posterior', 'sample_stats'], 1, 8)
     """
     import arviz as az
-    import xarray as xr
 
     members = run_members(posterior)
-    num_runs, num_draws = members.shape
     draws = equal_weight_draws(posterior, seed)
-    valid = draws >= 0
-    chain_draw = {"chain": np.arange(num_runs), "draw": np.arange(num_draws)}
+    return az.InferenceData(
+        posterior=_posterior_group(posterior, draws, seed),
+        sample_stats=_sample_stats(posterior, members, draws),
+        log_evidence=_log_evidence_group(posterior),
+    )
 
+
+def _chain_draw(draws: np.ndarray) -> dict[str, np.ndarray]:
+    return {"chain": np.arange(draws.shape[0]), "draw": np.arange(draws.shape[1])}
+
+
+def _posterior_group(posterior: Posterior, draws: np.ndarray, seed: int):
+    """One-hot answers and numeric sites of each equal-weight draw (NaN where none)."""
+    import xarray as xr
+
+    valid = draws >= 0
     labels = [answer_label(a) for a in posterior.answer_distribution()]
     column = {label: j for j, label in enumerate(labels)}
-    indicators = np.full((num_runs, num_draws, len(labels)), np.nan)
+    indicators = np.full((*draws.shape, len(labels)), np.nan)
     answers = posterior.answers
     for k, j in zip(*np.nonzero(valid), strict=True):
         indicators[k, j] = 0.0
@@ -116,9 +127,9 @@ def to_inference_data(posterior: Posterior, *, seed: int = 0):
     for name, values in _numeric_sites(posterior).items():
         drawn = np.where(valid, values[np.maximum(draws, 0)], np.nan)
         variables[f"site_{name}" if name == INDICATOR else name] = (("chain", "draw"), drawn)
-    posterior_group = xr.Dataset(
+    return xr.Dataset(
         variables,
-        coords={**chain_draw, "answer": np.array(labels, dtype=str)},
+        coords={**_chain_draw(draws), "answer": np.array(labels, dtype=str)},
         attrs={
             "inference_library": "pplscale",
             "method": posterior.method,
@@ -128,15 +139,20 @@ def to_inference_data(posterior: Posterior, *, seed: int = 0):
         },
     )
 
+
+def _sample_stats(posterior: Posterior, members: np.ndarray, draws: np.ndarray):
+    """Per particle: weight, tokens, the slot each draw copies; per step: ESS, resampling."""
+    import xarray as xr
+
     tokens = np.array(
         [sum(len(s.value.token_ids) for s in t.steps) for t in posterior.particles], dtype=float
     )
     slot = np.full(draws.shape, -1)
-    for k in range(num_runs):
-        if valid[k].any():
+    for k in range(draws.shape[0]):
+        if (draws[k] >= 0).any():
             slot[k] = np.searchsorted(members[k], draws[k])
     ess, resampled = _per_step(posterior)
-    sample_stats = xr.Dataset(
+    return xr.Dataset(
         {
             "log_weight": (("chain", "draw"), posterior.log_weights[members]),
             "tokens": (("chain", "draw"), tokens[members]),
@@ -144,22 +160,24 @@ def to_inference_data(posterior: Posterior, *, seed: int = 0):
             "ess": (("chain", "step"), ess),
             "resampled": (("chain", "step"), resampled),
         },
-        coords={**chain_draw, "step": np.arange(ess.shape[1])},
+        coords={**_chain_draw(draws), "step": np.arange(ess.shape[1])},
         attrs={
             "inference_library": "pplscale",
             **{f"cost_{name}": value for name, value in asdict(posterior.cost).items()},
         },
     )
-    log_evidence = xr.Dataset(
+
+
+def _log_evidence_group(posterior: Posterior):
+    import xarray as xr
+
+    return xr.Dataset(
         {"log_evidence": (("chain",), posterior.log_evidences)},
-        coords={"chain": np.arange(num_runs)},
+        coords={"chain": np.arange(posterior.num_runs)},
         attrs={
             "pooled_log_evidence": posterior.log_evidence,
             "pooled_log_evidence_se": posterior.log_evidence_se,
         },
-    )
-    return az.InferenceData(
-        posterior=posterior_group, sample_stats=sample_stats, log_evidence=log_evidence
     )
 
 

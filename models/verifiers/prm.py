@@ -68,11 +68,8 @@ class PRM(Verifier):
         if not (path / "config.json").is_file():
             raise VerifierError(f"{path} is not a local Hugging Face model directory")
         transformers.utils.logging.disable_progress_bar()
-        config = AutoConfig.from_pretrained(path, local_files_only=True)
         if kind is None:
-            architectures = config.architectures or []
-            token_classifier = any(a.endswith("ForTokenClassification") for a in architectures)
-            kind = "token-classification" if token_classifier else "step-tag"
+            kind = _kind_of(AutoConfig.from_pretrained(path, local_files_only=True))
         if kind not in KINDS:
             raise InvalidArgumentError(f"unknown PRM kind {kind!r}; choose one of {KINDS}")
         if not step_separator:
@@ -91,23 +88,9 @@ class PRM(Verifier):
         self.separator_ids = self._encode(step_separator)
         if not self.separator_ids:
             raise VerifierError(f"step_separator {step_separator!r} encodes to no tokens")
-        self.score_offset = len(self.separator_ids) - 1
-        if step_tag is not None:
-            tag = self._single_token(step_tag, "step_tag")
-            if tag not in self.separator_ids:
-                raise VerifierError(
-                    f"step_tag {step_tag!r} does not occur in the tokenized step_separator "
-                    f"{step_separator!r}"
-                )
-            self.score_offset = len(self.separator_ids) - 1 - self.separator_ids[::-1].index(tag)
+        self.score_offset = self._score_offset(step_separator, step_tag)
         if kind == "token-classification":
-            num_labels = self.model.config.num_labels
-            if num_labels > 1 and not 0 <= positive_label < num_labels:
-                raise InvalidArgumentError(
-                    f"positive_label {positive_label} is not a label of this {num_labels}-label "
-                    "model"
-                )
-            self.positive_label = positive_label
+            self.positive_label = self._checked_label(positive_label)
         else:
             self.verdict_ids = [
                 self._single_token(positive_token, "positive_token"),
@@ -117,6 +100,26 @@ class PRM(Verifier):
         self.prefix_ids = [bos] if bos is not None else []
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else 0
+
+    def _score_offset(self, step_separator: str, step_tag: str | None) -> int:
+        """Where in the separator a step's score is read: at ``step_tag``, else its last token."""
+        if step_tag is None:
+            return len(self.separator_ids) - 1
+        tag = self._single_token(step_tag, "step_tag")
+        if tag not in self.separator_ids:
+            raise VerifierError(
+                f"step_tag {step_tag!r} does not occur in the tokenized step_separator "
+                f"{step_separator!r}"
+            )
+        return len(self.separator_ids) - 1 - self.separator_ids[::-1].index(tag)
+
+    def _checked_label(self, positive_label: int) -> int:
+        num_labels = self.model.config.num_labels
+        if num_labels > 1 and not 0 <= positive_label < num_labels:
+            raise InvalidArgumentError(
+                f"positive_label {positive_label} is not a label of this {num_labels}-label model"
+            )
+        return positive_label
 
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -168,3 +171,10 @@ class PRM(Verifier):
         if logits.shape[-1] == 1:
             return torch.sigmoid(logits[:, 0])
         return torch.softmax(logits, dim=-1)[:, self.positive_label]
+
+
+def _kind_of(config) -> str:
+    """A token classifier's config names it; any other model reads a verdict after a step tag."""
+    architectures = config.architectures or []
+    token_classifier = any(a.endswith("ForTokenClassification") for a in architectures)
+    return "token-classification" if token_classifier else "step-tag"
