@@ -145,28 +145,19 @@ def map_problems(
     for ``run_dataset``.
 
     Example:
+        >>> tasks = [("a", {"x": 2}), ("b", {"x": 3})]
+        >>> def make_runner():
+        ...     return lambda problem: problem["x"] ** 2
         >>> answers = {}
-        >>> map_problems(
-        ...     [("a", {"x": 2}), ("b", {"x": 3})],
-        ...     lambda: lambda problem: problem["x"] ** 2,
-        ...     answers.__setitem__,
-        ...     print,
-        ... )
+        >>> map_problems(tasks, make_runner, answers.__setitem__, print)
         >>> answers
         {'a': 4, 'b': 9}
 
     On a local Ray cluster of two workers, started for the call (Ray pickles
-    the runner by value, so a lambda defined here travels to the workers):
-        >>> squares = {}
-        >>> map_problems(
-        ...     [("a", {"x": 2}), ("b", {"x": 3})],
-        ...     lambda: lambda problem: problem["x"] ** 2,
-        ...     squares.__setitem__,
-        ...     print,
-        ...     executor="ray",
-        ...     workers=2,
-        ... )
-        >>> dict(sorted(squares.items()))
+    a function defined here by value, so it travels to the workers):
+        >>> on_ray = {}
+        >>> map_problems(tasks, make_runner, on_ray.__setitem__, print, executor="ray", workers=2)
+        >>> dict(sorted(on_ray.items()))
         {'a': 4, 'b': 9}
     """
     _check_executor(executor, workers)

@@ -227,8 +227,7 @@ def _save_one(posterior: Posterior, spec: RunSpec, out_dir: Path, calibration, o
     if decision is not None:
         output.info("\n" + decision.text())
     output.info(
-        f"\nwrote {out_dir / rundir.REPORT_FILE} (and result.json, posterior.nc, "
-        "genealogy.graphml)"
+        f"\nwrote {out_dir / rundir.REPORT_FILE} (and result.json, posterior.nc, genealogy.graphml)"
     )
     best = diagnostics.answers[0] if diagnostics.answers else None
     output.result(
