@@ -44,7 +44,7 @@ class ConditionalSweep(Population):
         >>> (state,) = conditional_smc(runner, [None], 4, False, 0, (0,))
         >>> (moved,) = conditional_smc(runner, [state], 4, True, 0, (1,))
         >>> state.trace.answer, moved.trace.answer
-        ('', 'a')
+        ('', '')
     """
 
     def __init__(
