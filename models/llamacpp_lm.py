@@ -173,7 +173,6 @@ class LlamaCppLM(TokenLM):
             raise
 
     def _feed_sequences(self, sequences, num_logits) -> tuple[torch.Tensor, list[int]]:
-        lib, memory = self._lib, self._memory
         sources, lengths = match_prefixes(self._sequences, sequences, num_logits)
         # One computation per distinct (source, prefix, sequence); its copies
         # are forked after it is fed, sharing its cells.
@@ -183,7 +182,19 @@ class LlamaCppLM(TokenLM):
             for j, sequence in enumerate(sequences)
         ]
         keys = [key[:3] for key in unique]
-        wanted_logits = [key[3] for key in unique]
+        targets = self._place(keys)
+        if any(source < 0 for source, _, _ in keys):
+            self.stats.prefill_calls += 1
+        logits = self._evaluate(keys, targets, [key[3] for key in unique])
+        for k, (_, _, sequence) in enumerate(keys):
+            self._sequences[targets[k]] = sequence
+        self._fork_copies(sequences, group, targets)
+        self._rows = list(range(len(sequences)))
+        return logits[group], list(range(len(sequences)))
+
+    def _place(self, keys) -> list[int]:
+        """A sequence slot per key, holding its cached prefix; slots nobody uses are cleared."""
+        lib, memory = self._lib, self._memory
         targets = assign_slots(
             [source for source, _, _ in keys], self.max_sequences, keep_sources_free=True
         )
@@ -201,9 +212,11 @@ class LlamaCppLM(TokenLM):
             if not lib.llama_memory_seq_rm(memory, target, kept, -1):
                 raise BackendError("llama.cpp could not truncate a sequence")
             self._sequences[target] = sequence[:kept]
-        if any(source < 0 for source, _, _ in keys):
-            self.stats.prefill_calls += 1
-        width = max(num_logits)
+        return targets
+
+    def _evaluate(self, keys, targets, wanted_logits) -> torch.Tensor:
+        """Decode the keys' uncached tokens in chunks; each key's last logits, right-aligned."""
+        width = max(wanted_logits)
         logits = torch.zeros((len(keys), width, self.vocab_size))
         pending = [
             (k, target, position, sequence[position], position >= len(sequence) - wanted)
@@ -220,9 +233,12 @@ class LlamaCppLM(TokenLM):
                 sequence = keys[k][2]
                 logits[k, width - (len(sequence) - position)] = row
         self.stats.tokens_prefilled += len(pending)
-        for k, (_, _, sequence) in enumerate(keys):
-            self._sequences[targets[k]] = sequence
-        # Fork the copies of each computed sequence into sequences of their own.
+        return logits
+
+    def _fork_copies(self, sequences, group: list[int], targets: list[int]) -> None:
+        """Give each request a sequence: the first of a key its slot, the others forks of it."""
+        lib, memory = self._lib, self._memory
+        used = set(targets)
         self._request_sequences = [-1] * len(sequences)
         first_of_key: dict[int, int] = {}
         spare = iter(
@@ -238,8 +254,6 @@ class LlamaCppLM(TokenLM):
             lib.llama_memory_seq_cp(memory, targets[k], fork, -1, -1)
             self._sequences[fork] = sequences[j]
             self._request_sequences[j] = fork
-        self._rows = list(range(len(sequences)))
-        return logits[group], list(range(len(sequences)))
 
     def _shed(self, rows: list[int], done: list[bool]) -> list[int]:
         """Finished rows leave at once: llama.cpp decodes any subset of sequences."""

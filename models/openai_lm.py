@@ -232,24 +232,7 @@ class OpenAILM(LM, ServerSlots):
         retries: int = 3,
         backoff: float = 0.5,
     ):
-        if isinstance(server, str) and server != "auto" and server not in SERVERS:
-            raise InvalidArgumentError(
-                f"unknown server {server!r}; choose 'auto', one of {sorted(SERVERS)} "
-                "or pass a models.ServerProfile"
-            )
-        if logprobs not in (None, "raw", "processed"):
-            raise InvalidArgumentError(f"logprobs must be 'raw' or 'processed', got {logprobs!r}")
-        if max_concurrency is not None and not (
-            isinstance(max_concurrency, int) and max_concurrency >= 1
-        ):
-            raise InvalidArgumentError(
-                f"max_concurrency must be a positive int, got {max_concurrency!r}"
-            )
-        if not timeout > 0 or retries < 0 or backoff < 0:
-            raise InvalidArgumentError(
-                f"need timeout > 0, retries >= 0 and backoff >= 0; got {timeout!r}, "
-                f"{retries!r}, {backoff!r}"
-            )
+        _check_options(server, logprobs, max_concurrency, timeout, retries, backoff)
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self.sampling = dict(sampling or {})
@@ -721,6 +704,27 @@ class OpenAILM(LM, ServerSlots):
 
 # ``owned_by`` in ``GET /models`` answers, by server family.
 _OWNERS = {"vllm": "vllm", "sglang": "sglang", "me": "llama-cpp-python", "llamacpp": "llama.cpp"}
+
+
+def _check_options(server, logprobs, max_concurrency, timeout, retries, backoff) -> None:
+    if isinstance(server, str) and server != "auto" and server not in SERVERS:
+        raise InvalidArgumentError(
+            f"unknown server {server!r}; choose 'auto', one of {sorted(SERVERS)} "
+            "or pass a models.ServerProfile"
+        )
+    if logprobs not in (None, "raw", "processed"):
+        raise InvalidArgumentError(f"logprobs must be 'raw' or 'processed', got {logprobs!r}")
+    if max_concurrency is not None and not (
+        isinstance(max_concurrency, int) and max_concurrency >= 1
+    ):
+        raise InvalidArgumentError(
+            f"max_concurrency must be a positive int, got {max_concurrency!r}"
+        )
+    if not timeout > 0 or retries < 0 or backoff < 0:
+        raise InvalidArgumentError(
+            f"need timeout > 0, retries >= 0 and backoff >= 0; got {timeout!r}, "
+            f"{retries!r}, {backoff!r}"
+        )
 
 
 def _default_concurrency(base_url: str, headers: dict) -> int:
