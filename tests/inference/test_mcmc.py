@@ -111,13 +111,20 @@ def assert_chains_match(posterior, exact: dict, *, min_p: float = 0.03):
         assert stats["rhat"] < 1.01, f"answer {answer!r}: R-hat {stats['rhat']:.4f}"
 
 
-def exact_draws(posterior: Posterior, log_weight_max: float, seed: int) -> list[ppl.Trace]:
-    """Exact posterior draws: accept importance draws with probability w / w_max."""
+def exact_draws(
+    posterior: Posterior, log_weight_max: float, seed: int, *, beta: float = 1.0
+) -> list[ppl.Trace]:
+    """Exact draws of the posterior tempered by ``beta``: accept importance draws with
+    probability w / w_max, where w tempers the factors and observations by ``beta``."""
     rng = np.random.default_rng(seed)
-    assert np.all(posterior.log_weights <= log_weight_max + 1e-6)
+    log_weights = [
+        w - (1 - beta) * log_tempered_terms(t) if beta != 1.0 and w > -math.inf else w
+        for t, w in zip(posterior.particles, posterior.log_weights, strict=True)
+    ]
+    assert max(log_weights) <= log_weight_max + 1e-6
     return [
         trace
-        for trace, log_weight in zip(posterior.particles, posterior.log_weights, strict=True)
+        for trace, log_weight in zip(posterior.particles, log_weights, strict=True)
         if log_weight > -math.inf and rng.random() < math.exp(log_weight - log_weight_max)
     ]
 
@@ -225,17 +232,9 @@ def test_mh_moves_keep_the_posterior_invariant(branching_draws, proposal):
 
 @pytest.mark.parametrize("beta", [0.4, 0.1])
 def test_tempered_mh_moves_keep_the_tempered_posterior_invariant(beta):
-    # Exact draws of pi_beta: importance draws accepted by their tempered weight.
     importance = ppl.importance(branching, num_particles=5000, seed=1)
     log_weight_max = max(p + beta * f - q for _, p, f, q in branching_states())
-    rng = np.random.default_rng(0)
-    draws = [
-        trace
-        for trace, log_weight in zip(importance.particles, importance.log_weights, strict=True)
-        if log_weight > -math.inf
-        and rng.random()
-        < math.exp(log_weight - (1 - beta) * log_tempered_terms(trace) - log_weight_max)
-    ]
+    draws = exact_draws(importance, log_weight_max, 0, beta=beta)
     exact = exact_branching(beta)
     assert_exact_iid(draws, exact)
     runner = Runner(branching, (), {}, CostTracker())
