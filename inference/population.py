@@ -122,6 +122,11 @@ class Population:
             self.particles, ess_history=self.ess_history, rounds=self.rounds, info=info
         )
 
+    @property
+    def running_particles(self) -> int:
+        """Particles that may still draw: each needs a row of the running batch."""
+        return sum(not particle.stopped for particle in self.particles)
+
     def init(self) -> None:
         self.particles = [self.runtime.start(i) for i in range(self.num_particles)]
         self._take_decisions()
@@ -281,9 +286,13 @@ def run_problems(
 ) -> list[Posterior]:
     """Run importance sampling or SMC on many problems whose particles share one running batch.
 
-    Problems are admitted while their particles fit in ``max_rows`` rows (at
-    least one at a time, so ``max_rows=1`` runs them one after another); when
-    a problem ends, the next one takes its rows. Each keeps its own streams,
+    Problems are admitted while their running particles fit in ``max_rows``
+    rows (at least one problem at a time, so ``max_rows=1`` runs them one
+    after another). A particle whose program has ended frees its row for the
+    next problem at once, so a problem's tail does not hold rows idle. SMC
+    resampling can copy a running particle over an ended one; such copies may
+    take the batch past ``max_rows`` (by at most the ended particles of the
+    problems running then) until they end. Each keeps its own streams,
     barriers and weights, so its posterior is the one ``ppl.importance`` /
     ``ppl.smc`` give it alone with the same seed. ``on_result(index,
     posterior)`` is called as each problem finishes, before later ones.
@@ -313,12 +322,15 @@ def run_problems(
     scheduler = Scheduler(ledger=CostLedger())
     waiting = deque(enumerate(problems))
     results: list[Posterior | None] = [None] * len(problems)
-    index_of: dict[int, int] = {}
+    running: dict[int, tuple[int, Population]] = {}
+
+    def rows_held() -> int:
+        return sum(population.running_particles for _, population in running.values())
 
     def admit() -> list[tuple[Runtime, Population]]:
         runs = []
         # Admit while the rows allow; an empty batch takes a problem whatever its size.
-        while waiting and (not index_of or (len(index_of) + 1) * num_particles <= max_rows):
+        while waiting and (not running or rows_held() + num_particles <= max_rows):
             k, problem = waiting.popleft()
             runtime = Runtime(
                 problem.program,
@@ -332,12 +344,12 @@ def run_problems(
                 runtime, num_particles, resampler=resampler, ess_threshold=ess_threshold
             )
             scheduler.charged(runtime, population.init)
-            index_of[id(population)] = k
+            running[id(population)] = (k, population)
             runs.append((runtime, population))
         return runs
 
     def finished(runtime: Runtime, population: Population) -> None:
-        k = index_of.pop(id(population))
+        k, _ = running.pop(id(population))
         results[k] = population.finish()
         if on_result is not None:
             on_result(k, results[k])

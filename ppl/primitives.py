@@ -60,13 +60,7 @@ def step(
         ...     line = ppl.step("line", lm, "Rain:\\n", max_tokens=16, temperature=0.7)
         ...     ppl.answer(line.strip())
     """
-    settings = {
-        "temperature": temperature,
-        "top_k": top_k,
-        "top_p": top_p,
-        "proposal_temperature": proposal_temperature,
-        "top_logprobs": top_logprobs,
-    }
+    # Replays build nothing: the request is hashed only on a site's first replay.
     recorded = replay_fast(
         name,
         "step",
@@ -76,7 +70,7 @@ def step(
                 stop,
                 max_tokens,
                 logits_processor=logits_processor,
-                **settings,
+                **_sampling(temperature, top_k, top_p, proposal_temperature, top_logprobs),
             )
         ),
     )
@@ -89,9 +83,19 @@ def step(
         stop=stop,
         max_tokens=max_tokens,
         logits_processor=logits_processor,
-        **settings,
+        **_sampling(temperature, top_k, top_p, proposal_temperature, top_logprobs),
     )
     return pyro.sample(name, dist, infer={"ppl_kind": "step"})
+
+
+def _sampling(temperature, top_k, top_p, proposal_temperature, top_logprobs) -> dict:
+    return {
+        "temperature": temperature,
+        "top_k": top_k,
+        "top_p": top_p,
+        "proposal_temperature": proposal_temperature,
+        "top_logprobs": top_logprobs,
+    }
 
 
 def sample(name: str, fn, *, proposal=None):

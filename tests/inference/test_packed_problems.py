@@ -41,6 +41,27 @@ def test_packed_problems_match_one_at_a_time(method, max_rows):
         assert lm.stats.forward_calls < alone_lm.stats.forward_calls
 
 
+def test_ended_particles_free_their_rows_for_the_next_problem():
+    """With room for 6 rows, the next problem of 4 starts once 2 particles have ended."""
+    steps_per_pass = {}
+    for max_rows in (4, 6):
+        lm = make_tiny_lm(seed=3)
+        batch = lm._running_batch()
+        advance = batch.advance
+        counts = steps_per_pass[max_rows] = []
+
+        def counting_advance(advance=advance, counts=counts, batch=batch):
+            counts.append(len(batch.steps))
+            return advance()
+
+        batch.advance = counting_advance
+        problems = [Problem(continue_text, (lm, p), seed=10 + k) for k, p in enumerate(PROMPTS)]
+        run_problems("importance", problems, num_particles=4, max_rows=max_rows)
+    # Importance sampling never revives an ended particle, so the cap holds exactly.
+    assert max(steps_per_pass[6]) == 6 and max(steps_per_pass[4]) == 4
+    assert len(steps_per_pass[6]) < len(steps_per_pass[4])
+
+
 def test_bad_packing_settings_are_clear_errors():
     with pytest.raises(ppl.InvalidArgumentError, match="'importance' or 'smc'"):
         run_problems("beam", [], num_particles=2)

@@ -178,6 +178,30 @@ def test_processor_that_bans_everything_is_a_clear_error():
     assert score == pytest.approx(result.logp, abs=1e-4)
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_logits_are_a_clear_error(bad):
+    lm = make_tiny_lm()
+    with torch.no_grad():
+        lm.model.lm_head.weight[3, 0] = bad
+        lm.model.model.norm.weight.fill_(1.0)
+    with pytest.raises(ppl.BackendError, match="non-finite logits"):
+        lm.sample_steps([ppl.StepRequest("ab", stop=(), max_tokens=2)], seed=0)
+
+
+def test_huge_finite_logits_are_not_mistaken_for_non_finite():
+    """Logits whose sum overflows float32 are still finite: the step goes on."""
+    lm = make_tiny_lm()
+    model, prompt = lm.model, torch.tensor([lm.encode("ab")])
+    with torch.no_grad():
+        hidden = model(input_ids=prompt, output_hidden_states=True).hidden_states[-1][0, -1]
+        # Every next-token logit becomes 1e38; five of them sum past float32's 3.4e38.
+        model.lm_head.weight.copy_((hidden.sign() / hidden.abs().sum() * 1e38).expand(5, -1))
+        logits = model(input_ids=prompt).logits[0, -1]
+    assert torch.isfinite(logits).all() and not torch.isfinite(logits.sum())
+    (result,) = lm.sample_steps([ppl.StepRequest("ab", stop=(), max_tokens=1)], seed=0)
+    assert len(result.token_ids) == 1 and math.isfinite(result.logp)
+
+
 def test_unhashable_processor_is_rejected():
     @ppl.program
     def bad(lm):
