@@ -290,12 +290,13 @@ def run_problems(
     rows (at least one problem at a time, so ``max_rows=1`` runs them one
     after another). A particle whose program has ended frees its row for the
     next problem at once, so a problem's tail does not hold rows idle. SMC
-    resampling can copy a running particle over an ended one; such copies may
-    take the batch past ``max_rows`` (by at most the ended particles of the
-    problems running then) until they end. Each keeps its own streams,
-    barriers and weights, so its posterior is the one ``ppl.importance`` /
-    ``ppl.smc`` give it alone with the same seed. ``on_result(index,
-    posterior)`` is called as each problem finishes, before later ones.
+    resampling can copy a running particle over an ended one, so at most one
+    problem more than ``max_rows // num_particles`` runs at a time: the batch
+    never holds more than ``max_rows + num_particles`` rows. Each problem
+    keeps its own streams, barriers and weights, so its posterior is the one
+    ``ppl.importance`` / ``ppl.smc`` give it alone with the same seed.
+    ``on_result(index, posterior)`` is called as each problem finishes,
+    before later ones.
 
     Each posterior's cost is its own (``inference.cost_ledger``): generated
     tokens and memo calls exactly, ``lm_calls`` the backend calls that carried
@@ -327,10 +328,15 @@ def run_problems(
     def rows_held() -> int:
         return sum(population.running_particles for _, population in running.values())
 
+    def room() -> bool:
+        # An empty batch takes a problem whatever its size.
+        if not running:
+            return True
+        return len(running) <= max_rows // num_particles and rows_held() + num_particles <= max_rows
+
     def admit() -> list[tuple[Runtime, Population]]:
         runs = []
-        # Admit while the rows allow; an empty batch takes a problem whatever its size.
-        while waiting and (not running or rows_held() + num_particles <= max_rows):
+        while waiting and room():
             k, problem = waiting.popleft()
             runtime = Runtime(
                 problem.program,

@@ -4,7 +4,7 @@ import pytest
 from tiny import make_tiny_lm
 
 import ppl
-from inference.population import Problem, run_problems
+from inference.population import Population, Problem, run_problems
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -60,6 +60,45 @@ def test_ended_particles_free_their_rows_for_the_next_problem():
     # Importance sampling never revives an ended particle, so the cap holds exactly.
     assert max(steps_per_pass[6]) == 6 and max(steps_per_pass[4]) == 4
     assert len(steps_per_pass[6]) < len(steps_per_pass[4])
+
+
+@ppl.program
+def mostly_rejected(lm, prompt):
+    first = ppl.step("first", lm, prompt, stop=("c",), max_tokens=4)
+    ppl.condition("keep", "b" in first)
+    second = ppl.step("second", lm, prompt + first, stop=(), max_tokens=4)
+    ppl.answer(str(second))
+
+
+def test_resampling_revives_rows_within_one_extra_problem(monkeypatch):
+    """Rejected particles free rows that resampling may refill: one extra problem at most."""
+    running, most = set(), []
+    init, finish = Population.init, Population.finish
+
+    def counted_init(self):
+        running.add(id(self))
+        most.append(len(running))
+        init(self)
+
+    def counted_finish(self):
+        running.discard(id(self))
+        return finish(self)
+
+    monkeypatch.setattr(Population, "init", counted_init)
+    monkeypatch.setattr(Population, "finish", counted_finish)
+    lm = make_tiny_lm(seed=3)
+    prompts = PROMPTS * 2
+    problems = [Problem(mostly_rejected, (lm, p), seed=k) for k, p in enumerate(prompts)]
+    packed = run_problems("smc", problems, num_particles=4, max_rows=8, ess_threshold=1.0)
+    monkeypatch.undo()
+    alone_lm = make_tiny_lm(seed=3)
+    alone = [
+        ppl.smc(mostly_rejected, alone_lm, p, num_particles=4, seed=k, ess_threshold=1.0)
+        for k, p in enumerate(prompts)
+    ]
+    assert [_view(p) for p in packed] == [_view(p) for p in alone]
+    # Rows were freed and reused (a third problem ran beside two), but never a fourth.
+    assert max(most) == 8 // 4 + 1
 
 
 def test_bad_packing_settings_are_clear_errors():

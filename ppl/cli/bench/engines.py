@@ -122,7 +122,8 @@ def run_packed(
 ) -> None:
     """``run_engine`` on every ``(question, seed)`` of ``runs``, their particles in one batch.
 
-    Problems are admitted while their particles fit in ``max_rows`` rows; each
+    Problems are admitted while their particles fit in ``max_rows`` rows beside
+    the others' running particles (``population.run_problems``); each
     gets the posterior and cost ``run_engine`` gives it alone, passed to
     ``on_result(index, posterior)`` as soon as it finishes.
     """
