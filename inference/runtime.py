@@ -41,8 +41,9 @@ from ppl.runtime import (
     draw_sample_site,
     execute,
     resolve_calls,
+    seed_after,
     step_site,
-    stream_seed,
+    stream_prefix,
 )
 from ppl.slots import BatchedSlots, SlotLM
 from ppl.trace import Site, Trace
@@ -204,6 +205,7 @@ class Runtime:
         self.tracker = tracker if tracker is not None else CostTracker()
         self.scheduler = scheduler if scheduler is not None else Scheduler()
         self.in_flight = 0  # this run's LM steps being decoded
+        self._lineage_states: dict[tuple[int, ...], int] = {}
         if self.scheduler.ledger is not None:
             self.tracker.charged = Cost()
 
@@ -343,7 +345,12 @@ class Runtime:
         self.tracker.verifier_calls += execution.memo_calls
 
     def _seed(self, particle: Particle) -> int:
-        return stream_seed(self.entropy, (_DRAW_STREAMS, *particle.lineage, particle.choices))
+        """``stream_seed(entropy, (_DRAW_STREAMS, *lineage, choices))``, the lineage folded once."""
+        state = self._lineage_states.get(particle.lineage)
+        if state is None:
+            state = stream_prefix(self.entropy, (_DRAW_STREAMS, *particle.lineage))
+            self._lineage_states[particle.lineage] = state
+        return seed_after(state, particle.choices)
 
     # --- results ----------------------------------------------------------------------
     def round_done(self, index: int, log_weights: np.ndarray, resampled: bool) -> None:

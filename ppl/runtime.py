@@ -150,22 +150,40 @@ def step_site(choice: PendingChoice, result, lm) -> Site:
 def stream_seed(entropy: int, key: tuple[int, ...]) -> int:
     """The 63-bit seed of the random stream ``key`` (e.g. lineage and step) of a run.
 
-    SplitMix64 folded over the entropy's 64-bit words and the key: a few
-    integer operations per draw.
+    SplitMix64 folded over the key's length, the entropy's 64-bit words and
+    the key's parts: a few integer operations per draw. ``key`` must not be
+    empty.
 
     Example:
         >>> stream_seed(7, (0, 3)) == stream_seed(7, (0, 3)) != stream_seed(7, (1, 3))
         True
     """
-    state = mix64(len(key))
+    return seed_after(stream_prefix(entropy, key[:-1]), key[-1])
+
+
+def stream_prefix(entropy: int, prefix: tuple[int, ...]) -> int:
+    """``stream_seed``'s state for the keys ``(*prefix, last)``, before ``last`` is folded in.
+
+    Streams that share a prefix, such as one particle's draws, fold it once.
+
+    Example:
+        >>> seed_after(stream_prefix(7, (0,)), 3) == stream_seed(7, (0, 3))
+        True
+    """
+    state = mix64(len(prefix) + 1)
     while True:
         state = mix64(state ^ entropy)
         entropy >>= 64
         if not entropy:
             break
-    for part in key:
+    for part in prefix:
         state = mix64(state ^ part)
-    return state >> 1
+    return state
+
+
+def seed_after(state: int, last: int) -> int:
+    """The seed of the key ending in ``last`` from its prefix's ``stream_prefix`` state."""
+    return mix64(state ^ last) >> 1
 
 
 def resolve_calls(pending: Sequence[PendingChoice]) -> list[Site]:
