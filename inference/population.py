@@ -74,8 +74,8 @@ class Population:
         >>> runtime = Runtime(program, (lm, "a"), {}, seed=0, method="smc")
         >>> population = Population(runtime, 16, resampler=systematic, ess_threshold=0.5)
         >>> post = population.run()
-        >>> post.num_particles, len(population.rounds)
-        (16, 3)
+        >>> post.num_particles, len(population.rounds), population.running_particles
+        (16, 3, 0)
     """
 
     def __init__(

@@ -182,7 +182,13 @@ def stream_prefix(entropy: int, prefix: tuple[int, ...]) -> int:
 
 
 def seed_after(state: int, last: int) -> int:
-    """The seed of the key ending in ``last`` from its prefix's ``stream_prefix`` state."""
+    """The seed of the key ending in ``last`` from its prefix's ``stream_prefix`` state.
+
+    Example:
+        >>> state = stream_prefix(7, (1, 0))
+        >>> [seed_after(state, c) == stream_seed(7, (1, 0, c)) for c in range(3)]
+        [True, True, True]
+    """
     return mix64(state ^ last) >> 1
 
 
