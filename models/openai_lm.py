@@ -68,6 +68,7 @@ from ppl.errors import (
     CapabilityError,
     InvalidArgumentError,
     ServerUnavailable,
+    ServerUnreachable,
 )
 from ppl.lm import LM, Context, LMStats, ScoreRequest, StepRequest, StepResult
 from ppl.values import Chat
@@ -504,7 +505,7 @@ class OpenAILM(LM, ServerSlots):
                 error = ServerUnavailable(f"{url} did not answer within {self.timeout:g} s")
                 continue
             except httpx.TransportError as transport_error:
-                error = ServerUnavailable(f"cannot reach {url}: {transport_error!r}")
+                error = ServerUnreachable(f"cannot reach {url}: {transport_error!r}")
                 continue
             if status == 429 or status >= 500:
                 error = ServerUnavailable(f"{url} answered {status}: {answer[:300]}")

@@ -11,10 +11,13 @@ one request has come back and returns every step that has.
 Each request carries the seed of its own stream, so a step's tokens depend on
 that seed and the server only, not on which other requests are in flight.
 
-Failures follow ``OpenAILM.sample_steps``: a request that fails after its
-retries fails its particle only (``logp = -inf``, recorded in ``failures``),
-unless no request has come back since the backend was last idle and none is
-left in flight; then the server is taken to be down and the error is raised.
+A request that fails after its retries fails its particle only (``logp =
+-inf``, recorded in ``failures``) while the server is evidently up. The error
+is raised instead when the server is down: it refused or dropped the
+connection (``ServerUnreachable``), or no request to it has succeeded yet and
+none is left in flight. The backend falls idle between the steps of one run
+whenever every running particle waits on the same particle, so idleness says
+nothing about the server.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import concurrent.futures
 import math
 from collections.abc import Sequence
 
-from ppl.errors import CapabilityError
+from ppl.errors import CapabilityError, ServerUnreachable
 from ppl.lm import StepRequest, StepResult
 from ppl.slots import SlotLM
 
@@ -54,7 +57,7 @@ class ServerSlots(SlotLM):
     def _reset_slots(self) -> None:
         self._requests: dict[int, tuple[concurrent.futures.Future, str]] = {}
         self._next_ticket = 0
-        self._answered = False  # a request came back since the backend was last idle
+        self._answered = False  # a request to the server has succeeded
 
     def submit(self, requests: Sequence[StepRequest], seeds: Sequence[int]) -> list[int]:
         for request in requests:
@@ -81,18 +84,18 @@ class ServerSlots(SlotLM):
         for ticket in sorted(ticket_of[future] for future in done):
             future, prompt = self._requests.pop(ticket)
             ended.append((ticket, self._outcome(future, prompt)))
-        if not self._requests:
-            self._answered = False
         return ended
 
     def _outcome(self, future: concurrent.futures.Future, prompt: str) -> StepResult:
         error = future.exception()
         if error is None:
             return future.result()
-        if isinstance(error, CapabilityError) or not isinstance(error, Exception):
+        if isinstance(error, CapabilityError | ServerUnreachable) or not isinstance(
+            error, Exception
+        ):
             raise error
         if not self._answered and not self._requests:
-            error.add_note("no request to the server has succeeded since it was last idle")
+            error.add_note("no request to the server has succeeded yet")
             raise error
         self._fail(prompt, error)
         return StepResult("", (), -math.inf, 0.0, True)

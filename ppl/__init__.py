@@ -45,6 +45,7 @@ from ppl.errors import (
     ReportError,
     SerializationError,
     ServerUnavailable,
+    ServerUnreachable,
     TaskFormatError,
     VerifierError,
 )
@@ -135,6 +136,7 @@ __all__ = [
     "ScoreRequest",
     "SerializationError",
     "ServerUnavailable",
+    "ServerUnreachable",
     "Site",
     "Step",
     "StepRequest",

@@ -80,6 +80,10 @@ class ServerUnavailable(BackendError):
     """A model server could not be reached, kept failing or timed out after all retries."""
 
 
+class ServerUnreachable(ServerUnavailable):
+    """A model server refused or dropped every connection of a request, retries included."""
+
+
 class BadResponse(BackendError):
     """A model server answered with something that is not a valid response to the request."""
 

@@ -34,6 +34,7 @@ class ReferenceServer:
         self.fail_prompts: tuple[str, ...] = ()
         self.malformed_prompts: tuple[str, ...] = ()
         self.requests = 0
+        self.stopped = False
         self._lock = threading.Lock()
         server = self
 
@@ -48,6 +49,13 @@ class ReferenceServer:
 
             def log_message(self, *args):
                 pass
+
+            def parse_request(self):
+                # A stopped server drops its open connections as a dead process does.
+                if server.stopped:
+                    self.close_connection = True
+                    return False
+                return super().parse_request()
 
             def do_GET(self):
                 if self.path == "/v1/models":
@@ -98,6 +106,7 @@ class ReferenceServer:
         return f"http://127.0.0.1:{self._http.server_address[1]}/v1"
 
     def stop(self) -> None:
+        self.stopped = True
         self._http.shutdown()
         self._http.server_close()
         self._thread.join()

@@ -231,7 +231,7 @@ def test_server_killed_mid_run_loses_nothing_duplicates_nothing_and_resumes(tmp_
             probe.wait_until_ready(timeout=120)
         down = run_dataset(problems, make_runner, out_dir=tmp_path / "out")
         assert down.finished == ["q0"] and sorted(down.failed) == ["q1", "q2"]
-        assert "ServerUnavailable" in down.failed["q1"]
+        assert "ServerUnreachable" in down.failed["q1"]
         kept = (tmp_path / "out" / "q0.json").read_text()
 
         process = start_server(port, tmp_path / "server2.log")

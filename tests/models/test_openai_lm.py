@@ -292,6 +292,25 @@ def test_a_failing_request_fails_only_its_particle(server):
     assert posterior.answer_distribution().get("b", 0.0) == 0.0
 
 
+def test_dispatched_steps_raise_only_when_the_server_is_down(server):
+    server.fail_prompts = ("abb",)
+    failing, good = ppl.StepRequest("abb", max_tokens=1), ppl.StepRequest(PROMPT, max_tokens=1)
+    with client(server, retries=0) as lm:
+        lm.submit([failing], [1])
+        with pytest.raises(ppl.ServerUnavailable, match="500") as info:
+            lm.advance()
+        assert "no request to the server has succeeded yet" in info.value.__notes__
+        lm.submit([good], [2])
+        assert math.isfinite(lm.advance()[0][1].logp) and not lm.busy
+        # Idle between steps: a lone failing request still fails only its particle.
+        lm.submit([failing], [3])
+        assert lm.advance()[0][1].logp == -math.inf and lm.stats.failed_requests == 1
+        server.stop()
+        lm.submit([good], [4])
+        with pytest.raises(ppl.ServerUnreachable, match="cannot reach"):
+            lm.advance()
+
+
 def test_malformed_json_fails_the_particle_with_bad_response(server):
     server.malformed_prompts = ("abc",)
     requests = [ppl.StepRequest("abc", max_tokens=1), ppl.StepRequest("aba", max_tokens=1)]

@@ -217,7 +217,7 @@ def test_server_killed_mid_run_loses_nothing_and_resumes(tmp_path, reference):
             probe.wait_until_ready(timeout=120)
         down = run_dataset(problems, make_runner, out_dir=tmp_path / "out")
         assert down.finished == ["q0"] and sorted(down.failed) == ["q1", "q2"]
-        assert "ServerUnavailable" in down.failed["q1"] and "ServerUnavailable" in down.failed["q2"]
+        assert "ServerUnreachable" in down.failed["q1"] and "ServerUnreachable" in down.failed["q2"]
         assert set(load_results(tmp_path / "out")) == {"q0"}
         kept = (tmp_path / "out" / "q0.json").read_text()
 
