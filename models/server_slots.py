@@ -15,9 +15,9 @@ A request that fails after its retries fails its particle only (``logp =
 -inf``, recorded in ``failures``) while the server is evidently up. The error
 is raised instead when the server is down: it refused or dropped the
 connection (``ServerUnreachable``), or no request to it has succeeded yet and
-none is left in flight. The backend falls idle between the steps of one run
-whenever every running particle waits on the same particle, so idleness says
-nothing about the server.
+none is left in flight. Within one run the backend may fall idle between two
+steps (every request has come back before the next is submitted), so idleness
+says nothing about the server.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from ppl.lm import StepRequest, StepResult
 from ppl.slots import SlotLM
 
 _SEED_RANGE = 2**31 - 1  # what every server accepts as a sampling seed
+# Errors that concern every particle: an impossible request, or a server that is down.
+_NEVER_PER_PARTICLE = (CapabilityError, ServerUnreachable)
 
 
 class ServerSlots(SlotLM):
@@ -90,9 +92,7 @@ class ServerSlots(SlotLM):
         error = future.exception()
         if error is None:
             return future.result()
-        if isinstance(error, CapabilityError | ServerUnreachable) or not isinstance(
-            error, Exception
-        ):
+        if isinstance(error, _NEVER_PER_PARTICLE) or not isinstance(error, Exception):
             raise error
         if not self._answered and not self._requests:
             error.add_note("no request to the server has succeeded yet")

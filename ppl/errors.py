@@ -81,7 +81,7 @@ class ServerUnavailable(BackendError):
 
 
 class ServerUnreachable(ServerUnavailable):
-    """A model server refused or dropped every connection of a request, retries included."""
+    """A model server refused or dropped the connection on a request's last try."""
 
 
 class BadResponse(BackendError):
