@@ -24,8 +24,8 @@ from inference.conformal import (
     CalibrationData,
     SampleBudget,
     StoppingRule,
-    load_runs,
 )
+from ppl.cli.report import load_runs
 
 
 @click.command()
