@@ -27,6 +27,14 @@ from inference.conformal import (
 )
 from ppl.cli.report import load_runs
 
+# Randomized p-values unless marked "plain".
+ABSTENTION_PROCEDURES = {
+    "split-start": {},
+    "split-start plain": {"randomized": False},
+    "fixed-sequence x4": {"procedure": "fixed-sequence", "starts": 4},
+    "pareto": {"procedure": "pareto"},
+}
+
 
 @click.command()
 @click.argument("directories", nargs=-1, required=True)
@@ -59,19 +67,18 @@ def main(directories: tuple[str, ...], calibration: int, splits: int) -> None:
     click.echo(
         "\nabstention (delta 0.1)          answer rate  risk among answered  held-out risk > target"
     )
-    for procedure, starts in (("split-start", None), ("fixed-sequence", 4), ("pareto", None)):
+    for name, options in ABSTENTION_PROCEDURES.items():
         for risk in (0.3, 0.4, 0.5, 0.6):
             rates, risks = [], []
             for split in range(splits):
                 cal, test = data.split(calibration, seed=split)
-                rule = Abstention(risk, 0.1, procedure=procedure, starts=starts, seed=split)
+                rule = Abstention(risk, 0.1, seed=split, **options)
                 result = rule.calibrate(cal).evaluate(test)
                 rates.append(result.answer_rate)
                 risks.append(result.risk)
             answered = [r for r in risks if not math.isnan(r)]
             # The guarantee is over calibration draws: a split that answers nothing cannot fail.
             failed = np.mean([not math.isnan(r) and r > risk for r in risks])
-            name = procedure if starts is None else f"{procedure} x{starts}"
             click.echo(
                 f"{name:18} risk {risk:.1f}   {np.mean(rates):.3f}        "
                 + (f"{np.mean(answered):.3f}" if answered else "  n/a")

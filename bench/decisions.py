@@ -6,8 +6,10 @@ calibration sets of ``--calibration`` problems, calibrates, and prints
 - ``viol``: the fraction of calibration draws whose chosen parameter truly
   breaks the target (must be <= delta up to the noise of ``--splits`` draws);
 - ``power``: the mean answer rate (abstention) or fraction of samples saved
-  (budgets, stopping) as a fraction of the oracle's, the best parameter
-  that truly meets the target.
+  (budgets, stopping), counted only on draws that meet the target, as a
+  fraction of the oracle's, the best parameter that truly meets the target;
+- ``bound`` (abstention): the most any rule valid at delta can reach on that
+  scale (``inference.conformal.power_bound``).
 
 True risks are exact for abstention and fixed budgets
 (``inference.conformal.synthetic``) and measured on a pool of ``--pool``
@@ -23,10 +25,10 @@ from functools import partial
 
 import click
 import numpy as np
-from scipy import stats
 
 from inference.conformal import Abstention, SampleBudget, StoppingRule
 from inference.conformal.abstention import DEFAULT_THRESHOLDS
+from inference.conformal.power_bound import abstention_power_bound
 from inference.conformal.synthetic import ConfidencePool, SamplingPool, VotePool
 from inference.conformal.units import running_counts
 
@@ -43,64 +45,62 @@ ABSTENTION_POOLS = {
         (0.1, 0.2, 0.35, 0.5, 0.6, 0.7, 0.78, 0.85, 0.9, 0.95),
     ),
 }
-ABSTENTION_PROCEDURES = (
-    ("split-start", None),
-    ("pareto", None),
-    ("fallback", None),
-    ("fixed-sequence", 4),
-    ("fixed-sequence", 1),
-    ("bonferroni", None),
-)
+# Every procedure uses randomized p-values unless marked "plain".
+ABSTENTION_PROCEDURES = {
+    "split-start": {},
+    "split-start plain": {"randomized": False},
+    "pareto": {"procedure": "pareto"},
+    "fallback": {"procedure": "fallback"},
+    "fixed-sequence x4": {"procedure": "fixed-sequence", "starts": 4},
+    "fixed-sequence x1": {"procedure": "fixed-sequence", "starts": 1},
+    "bonferroni": {"procedure": "bonferroni"},
+}
 SAMPLING_POOLS = {
     "moderate": SamplingPool(1.2, 1.0, unsolvable=0.04),
     "hard": SamplingPool(0.8, 1.2, unsolvable=0.03),
 }
-SAMPLING_PROCEDURES = ("fixed-sequence", "split-start", "pareto")
+SAMPLING_PROCEDURES = {
+    "fixed-sequence": {},
+    "fixed-sequence plain": {"randomized": False},
+    "split-start": {"procedure": "split-start"},
+    "pareto": {"procedure": "pareto"},
+}
 
 
-def _name(procedure: str, starts: int | None) -> str:
-    return procedure if starts is None else f"{procedure} x{starts}"
+def _cell(violations: list, gains: list, oracle: float) -> str:
+    """Violation rate, and the mean gain over the oracle's counting only draws that meet the target.
 
-
-def single_test_reference(pool, risk: float, num_problems: int) -> float:
-    """Best answer rate x power of one binomial test at a threshold chosen knowing the truth."""
-    best, n = 0.0, np.arange(num_problems + 1)
-    thresholds = np.asarray(DEFAULT_THRESHOLDS)
-    for rate, true_risk in zip(pool.answer_rate(thresholds), pool.risk(thresholds), strict=True):
-        if true_risk > risk or rate == 0:
-            continue
-        critical = stats.binom.ppf(DELTA, n, risk)
-        critical = np.where(stats.binom.cdf(critical, n, risk) <= DELTA, critical, critical - 1)
-        power = np.sum(
-            stats.binom.pmf(n, num_problems, rate) * stats.binom.cdf(critical, n, true_risk)
-        )
-        best = max(best, power * rate)
-    return best
+    A draw that breaks the target answers (or saves) more than it may; counting it
+    would reward violations: a rule that answered everything on a delta share of
+    draws would score delta / oracle.
+    """
+    kept = np.where(violations, 0.0, gains)
+    return f"viol {np.mean(violations):.3f} power {np.mean(kept) / oracle:.2f}"
 
 
 def abstention_table(calibration: int, splits: int) -> None:
     click.echo(f"abstention: {calibration} calibration problems, {splits} draws, delta {DELTA}")
-    header = "".join(f"{_name(*p):>22}" for p in ABSTENTION_PROCEDURES)
-    click.echo(f"{'pool':26}{'risk':>5}{'oracle':>8}{'1-test':>7}{header}")
+    header = "".join(f"{p:>22}" for p in ABSTENTION_PROCEDURES)
+    click.echo(f"{'pool':26}{'risk':>5}{'oracle':>8}{'bound':>7}{header}")
     for name, pool in ABSTENTION_POOLS.items():
         for risk in (0.1, 0.2, 0.3):
             oracle = pool.oracle(risk, DEFAULT_THRESHOLDS)
             if oracle < 0.05:
                 continue
-            reference = single_test_reference(pool, risk, calibration) / oracle
+            bound = abstention_power_bound(pool, risk, DELTA, calibration)
             cells = []
-            for procedure, starts in ABSTENTION_PROCEDURES:
+            for options in ABSTENTION_PROCEDURES.values():
                 rng = np.random.default_rng(0)
                 violations, rates = [], []
                 for split in range(splits):
-                    rule = Abstention(risk, DELTA, procedure=procedure, starts=starts, seed=split)
+                    rule = Abstention(risk, DELTA, seed=split, **options)
                     threshold = rule.calibrate_arrays(*pool.draw(calibration, rng)).threshold
                     answered = np.isfinite(threshold)
                     violations.append(answered and pool.risk(threshold) > risk)
                     rates.append(pool.answer_rate(threshold) if answered else 0.0)
-                cells.append(f"viol {np.mean(violations):.3f} power {np.mean(rates) / oracle:.2f}")
+                cells.append(_cell(violations, rates, oracle))
             click.echo(
-                f"{name:26}{risk:5.1f}{oracle:8.3f}{reference:7.2f}"
+                f"{name:26}{risk:5.1f}{oracle:8.3f}{bound:7.2f}"
                 + "".join(f"{c:>22}" for c in cells)
             )
 
@@ -136,18 +136,17 @@ def budget_table(calibration: int, splits: int, pool_size: int) -> None:
                     continue  # infeasible, or nothing to save
                 oracle = 1 - used[valid].min() / max_samples
                 cells = []
-                for procedure in SAMPLING_PROCEDURES:
+                for options in SAMPLING_PROCEDURES.values():
                     rng = np.random.default_rng(1)
                     violations, saved = [], []
                     for split in range(splits):
                         fitted = SampleBudget(
-                            epsilon, DELTA, rule=rule, procedure=procedure, seed=split
+                            epsilon, DELTA, rule=rule, seed=split, **options
                         ).calibrate_arrays(*pool.draw(calibration, max_samples, rng))
                         index = max_samples - fitted.parameter
                         violations.append(fitted.feasible and miss[index] > epsilon)
                         saved.append(1 - used[index] / max_samples)
-                    power = np.mean(saved) / oracle
-                    cells.append(f"viol {np.mean(violations):.3f} power {power:.2f}")
+                    cells.append(_cell(violations, saved, oracle))
                 click.echo(
                     f"{name:10}{rule:>10}{epsilon:6.2f}{oracle:13.3f}"
                     + "".join(f"{c:>26}" for c in cells)
@@ -172,32 +171,44 @@ def stopping_table(calibration: int, splits: int, pool_size: int) -> None:
         f"\nstopping rule: up to {max_samples} samples, {calibration} problems, {splits} draws"
     )
     click.echo(
-        f"{'pool':10}{'eps':>6}{'viol':>7}{'saved':>7}{'oracle':>7}{'power':>7}"
+        f"{'pool':10}{'eps':>6}{'viol':>7}{'saved':>7}{'oracle':>7}{'power':>7}{'plain':>7}"
         f"{'acc early':>10}{'acc full':>9}{'mean drawn':>11}{'fixed k, same acc':>18}"
     )
     for name, pool in SAMPLING_POOLS.items():
         fixed = in_chunks(pool, pool_size, max_samples, majority_accuracy)
         probe = StoppingRule(0.1, DELTA, max_samples=max_samples)
-        used, loss, accuracy = in_chunks(
-            pool, pool_size, max_samples, partial(stopping_outcomes, probe)
-        )
+        truth = in_chunks(pool, pool_size, max_samples, partial(stopping_outcomes, probe))
         for epsilon in (0.02, 0.05, 0.1):
-            oracle = 1 - used[loss <= epsilon].min() / max_samples
-            rows = []
-            rng = np.random.default_rng(2)
-            for split in range(splits):
-                rule = StoppingRule(epsilon, DELTA, max_samples=max_samples, seed=split)
-                rule.calibrate_arrays(*pool.draw(calibration, max_samples, rng))
-                index = int(np.flatnonzero(probe.thresholds == rule.threshold)[0])
-                rows.append((loss[index] > epsilon, used[index], accuracy[index]))
-            violated, drawn, acc = np.array(rows).T
+            oracle = 1 - truth[0][truth[1] <= epsilon].min() / max_samples
+            draws = (pool, epsilon, truth, calibration, splits, max_samples)
+            violated, drawn, acc = stopping_draws(*draws)
+            plain = stopping_draws(*draws, randomized=False)
             saved = 1 - drawn.mean() / max_samples
             same = int(np.argmax(fixed >= acc.mean() - 1e-12)) + 1
+            power, plain_power = (
+                np.mean(np.where(v > 0, 0.0, 1 - d / max_samples)) / oracle
+                for v, d in ((violated, drawn), plain[:2])
+            )
             click.echo(
                 f"{name:10}{epsilon:6.2f}{violated.mean():7.3f}{saved:7.3f}{oracle:7.3f}"
-                f"{saved / oracle:7.2f}{acc.mean():10.3f}{fixed[-1]:9.3f}{drawn.mean():11.2f}"
-                f"{same:18d}"
+                f"{power:7.2f}{plain_power:7.2f}{acc.mean():10.3f}{fixed[-1]:9.3f}"
+                f"{drawn.mean():11.2f}{same:18d}"
             )
+
+
+def stopping_draws(pool, epsilon, truth, calibration, splits, max_samples, randomized=True):
+    """Per calibration draw: whether the chosen threshold breaks epsilon, draws used, accuracy."""
+    used, loss, accuracy = truth
+    thresholds = StoppingRule(epsilon).thresholds
+    rng, rows = np.random.default_rng(2), []
+    for split in range(splits):
+        rule = StoppingRule(
+            epsilon, DELTA, max_samples=max_samples, seed=split, randomized=randomized
+        )
+        rule.calibrate_arrays(*pool.draw(calibration, max_samples, rng))
+        index = int(np.flatnonzero(thresholds == rule.threshold)[0])
+        rows.append((loss[index] > epsilon, used[index], accuracy[index]))
+    return np.array(rows).T
 
 
 def stopping_outcomes(rule: StoppingRule, answers: np.ndarray, right: np.ndarray) -> np.ndarray:

@@ -26,6 +26,10 @@ runs of any engine, such as SMC runs pooled by ``ppl.run``. Answer sets and
 abstention need no such care: they treat each problem's posterior, from any
 engine, as one exchangeable observation.
 
+To judge how much a rule answers, ``synthetic`` holds pools of problems
+whose true risks are known and ``power_bound`` bounds what any valid
+abstention rule can answer on them.
+
 Calibration data comes from ``(posterior, expected)`` pairs
 (``from_posteriors``), ``ppl run --dataset`` directories
 (``ppl.cli.report.load_runs``) or raw arrays (``calibrate_arrays``). A

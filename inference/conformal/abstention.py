@@ -75,7 +75,13 @@ class Abstention:
     samples); ``"pareto"`` orders every threshold by its split p-value
     (better when the error rate is not monotone in the threshold);
     ``"fallback"`` and ``"bonferroni"`` use every problem for testing but
-    pay for each threshold tried. ``seed`` draws the split.
+    pay for each threshold tried. ``seed`` draws the split and, with
+    ``randomized`` (the default), the uniform draw of the randomized
+    binomial p-values (``inference.conformal.ltt.binomial_pvalues``): as
+    valid as the plain ones and more powerful, since a whole-number count
+    of errors otherwise leaves part of ``delta`` unused (on the synthetic
+    pools they answered up to 0.09 more of the oracle's answer rate). Set
+    ``randomized=False`` for a threshold that depends on the data alone.
 
     Guarantee: if calibration and new problems are exchangeable, then with
     probability at least ``1 - delta`` over the calibration draw, the error
@@ -112,6 +118,7 @@ class Abstention:
         starts: int | None = None,
         split: float = 0.2,
         seed: int = 0,
+        randomized: bool = True,
     ):
         self.risk = check_level("risk", risk)
         self.delta = check_level("delta", delta)
@@ -135,6 +142,7 @@ class Abstention:
         self.starts = (4 if starts is None else starts) if procedure == "fixed-sequence" else 1
         self.split = split
         self.seed = seed
+        self.randomized = randomized
         self.num_testing = 0
         self.threshold: float | None = None
         self.pvalues = np.array([])
@@ -162,7 +170,7 @@ class Abstention:
         wrong = np.broadcast_to(~correct[:, None], answered.shape)
         certified = learn_then_test(
             wrong, answered, self.risk, self.delta, self.procedure,
-            starts=self.starts, split=self.split, seed=self.seed,
+            starts=self.starts, split=self.split, seed=self.seed, randomized=self.randomized,
         )  # fmt: skip
         chosen = certified.index
         self.pvalues, self.num_testing = certified.pvalues, certified.num_testing
@@ -229,12 +237,14 @@ class Abstention:
         """The promise of this rule, in words."""
         return (
             f"with probability >= {1 - self.delta:.2f} over the calibration draw, the error rate "
-            f"among answered problems is <= {self.risk:.2f} (Learn-then-Test, binomial tail, "
+            f"among answered problems is <= {self.risk:.2f} (Learn-then-Test, "
             f"{self._procedure()}, {self.num_calibration} exchangeable calibration problems)"
         )
 
     def _procedure(self) -> str:
-        return procedure_text(self.procedure, self.starts, self.num_calibration, self.num_testing)
+        return procedure_text(
+            self.procedure, self.starts, self.num_calibration, self.num_testing, self.randomized
+        )
 
     # --- evaluation ----------------------------------------------------------
     def evaluate(self, data) -> AbstentionEvaluation:
@@ -289,6 +299,7 @@ class Abstention:
             "starts": self.starts,
             "split": self.split,
             "seed": self.seed,
+            "randomized": self.randomized,
             "num_testing": self.num_testing,
             "threshold": self.threshold,
             "pvalues": self.pvalues.tolist(),
@@ -314,6 +325,8 @@ class Abstention:
             starts=data["starts"] if procedure == "fixed-sequence" else None,
             split=data.get("split", 0.2),
             seed=data.get("seed", 0),
+            # Files written before randomized p-values used the plain ones.
+            randomized=data.get("randomized", False),
         )
         rule.num_testing = int(data.get("num_testing", data["num_calibration"]))
         rule.threshold = float(data["threshold"])

@@ -66,7 +66,9 @@ class SampleBudget:
     every problem counts towards every value and the miss rate falls as the
     budget grows, so the walk from ``max_samples`` down is already in the
     best order, and splitting off problems to choose one only costs data:
-    ``bench/README.md``); the smallest rejected value is kept.
+    ``bench/README.md``); the smallest rejected value is kept. The
+    p-values are randomized (``randomized``, drawn with ``seed``) to spend
+    all of ``delta``, as for ``Abstention``.
 
     Guarantee: if calibration and new problems are exchangeable and sampled
     the same way, then with probability at least ``1 - delta`` over the
@@ -103,6 +105,7 @@ class SampleBudget:
         procedure: str = "fixed-sequence",
         split: float = 0.2,
         seed: int = 0,
+        randomized: bool = True,
     ):
         self.epsilon = check_level("epsilon", epsilon)
         self.delta = check_level("delta", delta)
@@ -113,6 +116,7 @@ class SampleBudget:
         self.unit = check_unit(unit)
         check_procedure(procedure)
         self.procedure, self.split, self.seed = procedure, split, seed
+        self.randomized = randomized
         self.num_testing = 0
         self.parameter: int | None = None
         self.feasible = False
@@ -147,8 +151,9 @@ class SampleBudget:
         answers, acceptable = self._check_arrays(answers, acceptable)
         used, missed = self.play(answers, acceptable, self._candidates())
         certified = learn_then_test(
-            missed, None, self.epsilon, self.delta, self.procedure, split=self.split, seed=self.seed
-        )
+            missed, None, self.epsilon, self.delta, self.procedure, split=self.split,
+            seed=self.seed, randomized=self.randomized,
+        )  # fmt: skip
         chosen = certified.index
         self.pvalues, self.num_testing = certified.pvalues, certified.num_testing
         self.feasible = chosen >= 0
@@ -217,11 +222,13 @@ class SampleBudget:
                 f"none: even {self.max_samples} samples missed a right answer too often to certify "
                 f"a miss rate <= {self.epsilon:.2f}"
             )
+        procedure = procedure_text(
+            self.procedure, 1, self.num_calibration, self.num_testing, self.randomized
+        )
         return (
             f"with probability >= {1 - self.delta:.2f} over the calibration draw, the samples "
             f"drawn before stopping miss every acceptable answer with probability <= "
-            f"{self.epsilon:.2f} (Learn-then-Test, binomial tail, "
-            f"{procedure_text(self.procedure, 1, self.num_calibration, self.num_testing)} over "
+            f"{self.epsilon:.2f} (Learn-then-Test, {procedure} over "
             f"{self._parameter_name()}, {self.num_calibration} exchangeable calibration problems; "
             f"{_UNIT_TEXT[self.unit]})"
         )
@@ -300,6 +307,7 @@ class SampleBudget:
             "procedure": self.procedure,
             "split": self.split,
             "seed": self.seed,
+            "randomized": self.randomized,
             "num_testing": self.num_testing,
             "pvalues": self.pvalues.tolist(),
             "num_calibration": self.num_calibration,
@@ -321,6 +329,7 @@ class SampleBudget:
             procedure=data.get("procedure", "fixed-sequence"),
             split=data.get("split", 0.2),
             seed=data.get("seed", 0),
+            randomized=data.get("randomized", False),
         )
         budget.num_testing = int(data.get("num_testing", data["num_calibration"]))
         budget.parameter = int(data["parameter"])

@@ -57,7 +57,7 @@ class Certified:
     num_testing: int
 
 
-def binomial_pvalues(losses, trials, target: float) -> np.ndarray:
+def binomial_pvalues(losses, trials, target: float, uniform: float | None = None) -> np.ndarray:
     """``P(Binomial(trials, target) <= losses)``: a valid p-value for ``risk > target``.
 
     When each of ``trials`` calibration outcomes is a loss independently with
@@ -65,14 +65,26 @@ def binomial_pvalues(losses, trials, target: float) -> np.ndarray:
     larger than ``Binomial(trials, target)``, so this p-value is
     super-uniform. With no trials it is 1 (nothing can be rejected).
 
+    With ``uniform`` (a ``U(0, 1)`` draw independent of the losses), the
+    randomized p-value ``P(B < losses) + uniform * P(B = losses)``: exactly
+    uniform at ``risk == target`` instead of conservative, since a count can
+    only take whole values, and never larger than the plain one.
+
     Example:
         >>> round(float(binomial_pvalues(0, 30, 0.1)), 6)  # 0.9 ** 30
         0.042391
+        >>> round(float(binomial_pvalues(0, 30, 0.1, uniform=0.5)), 6)
+        0.021196
     """
     losses = np.asarray(losses)
     trials = np.asarray(trials)
+    some = np.maximum(trials, 1)
     with np.errstate(invalid="ignore"):
-        p = stats.binom.cdf(losses, np.maximum(trials, 1), target)
+        if uniform is None:
+            p = stats.binom.cdf(losses, some, target)
+        else:
+            below = stats.binom.cdf(losses - 1, some, target)
+            p = below + uniform * stats.binom.pmf(losses, some, target)
     return np.where(trials > 0, p, 1.0)
 
 
@@ -86,6 +98,7 @@ def learn_then_test(
     starts: int = 1,
     split: float = 0.3,
     seed: int = 0,
+    randomized: bool = False,
 ) -> Certified:
     """Certify the least conservative candidate whose risk is at most ``target``.
 
@@ -94,7 +107,12 @@ def learn_then_test(
     risk at all (abstention: whether it is answered; ``None``: every problem
     counts). Candidates are ordered from most to least conservative.
     ``split`` is the fraction of problems that orders the candidates for the
-    split procedures; ``seed`` draws that split.
+    split procedures; ``seed`` draws that split and, with ``randomized``, the
+    one uniform draw shared by every candidate's randomized p-value (see
+    ``binomial_pvalues``). Randomized p-values use the whole error budget
+    ``delta`` instead of the part a whole-number count leaves, and are
+    valid with any procedure, since fixed-sequence, fallback and Bonferroni
+    testing only need each p-value to be valid on its own.
 
     Example:
         >>> losses = np.zeros((200, 3), dtype=bool)
@@ -109,16 +127,18 @@ def learn_then_test(
     losses = np.asarray(losses, dtype=bool)
     counted = np.ones(losses.shape, dtype=bool) if counted is None else np.asarray(counted, bool)
     check_procedure(procedure)
+    rng = np.random.default_rng(seed)
     if procedure not in SPLIT_PROCEDURES:
-        pvalues = _pvalues(losses, counted, target)
+        pvalues = _pvalues(losses, counted, target, rng.random() if randomized else None)
         index = int(select(pvalues, delta, procedure, starts=starts))
         return Certified(index, pvalues, np.arange(losses.shape[1]), len(losses))
     check_split(split, len(losses))
-    order = np.random.default_rng(seed).permutation(len(losses))
+    order = rng.permutation(len(losses))
     cut = min(max(round(split * len(losses)), 1), len(losses) - 1)
     ordering, testing = order[:cut], order[cut:]
     ordering_p = _pvalues(losses[ordering], counted[ordering], target)
-    pvalues = _pvalues(losses[testing], counted[testing], target)
+    uniform = rng.random() if randomized else None
+    pvalues = _pvalues(losses[testing], counted[testing], target, uniform)
     walk = _walk_order(ordering_p, procedure)
     passed = np.cumprod(pvalues[walk] <= delta).astype(bool)
     index = int(walk[passed].max()) if passed.any() else -1
@@ -134,8 +154,10 @@ def _walk_order(ordering_p: np.ndarray, procedure: str) -> np.ndarray:
     return np.arange(int(np.argmin(ordering_p)), size)
 
 
-def _pvalues(losses: np.ndarray, counted: np.ndarray, target: float) -> np.ndarray:
-    return binomial_pvalues((losses & counted).sum(axis=0), counted.sum(axis=0), target)
+def _pvalues(
+    losses: np.ndarray, counted: np.ndarray, target: float, uniform: float | None = None
+) -> np.ndarray:
+    return binomial_pvalues((losses & counted).sum(axis=0), counted.sum(axis=0), target, uniform)
 
 
 def select(
@@ -193,8 +215,15 @@ def _fallback(pvalues: np.ndarray, delta: float) -> np.ndarray:
     return rejected
 
 
-def procedure_text(procedure: str, starts: int, num_calibration: int, num_testing: int) -> str:
-    """The procedure in words, for guarantees."""
+def procedure_text(
+    procedure: str, starts: int, num_calibration: int, num_testing: int, randomized: bool
+) -> str:
+    """The test and procedure in words, for guarantees."""
+    tail = "randomized binomial tail" if randomized else "binomial tail"
+    return f"{tail}, {_walk_text(procedure, starts, num_calibration, num_testing)}"
+
+
+def _walk_text(procedure: str, starts: int, num_calibration: int, num_testing: int) -> str:
     if procedure == "pareto":
         return (
             f"Pareto testing: candidates ordered on {num_calibration - num_testing} problems, "

@@ -67,7 +67,9 @@ class StoppingRule:
     early: no loss) down: the null "the loss rate at ``lambda`` exceeds
     ``epsilon``" is tested with the binomial tail of the losses of the
     whole stopping rule replayed on each calibration problem's draws, so the
-    random stopping time is accounted for whenever it happens.
+    random stopping time is accounted for whenever it happens. The p-values
+    are randomized (``randomized``, drawn with ``seed``) to spend all of
+    ``delta``, as for ``Abstention``.
 
     Guarantee: if calibration and new problems are exchangeable and sampled
     the same way, then with probability at least ``1 - delta`` over the
@@ -100,6 +102,7 @@ class StoppingRule:
         procedure: str = "fixed-sequence",
         split: float = 0.2,
         seed: int = 0,
+        randomized: bool = True,
     ):
         self.epsilon = check_level("epsilon", epsilon)
         self.delta = check_level("delta", delta)
@@ -117,6 +120,7 @@ class StoppingRule:
         self.unit = check_unit(unit)
         check_procedure(procedure)
         self.procedure, self.split, self.seed = procedure, split, seed
+        self.randomized = randomized
         self.threshold: float | None = None
         self.pvalues = np.array([])
         self.num_calibration = self.num_testing = 0
@@ -148,7 +152,7 @@ class StoppingRule:
         _, losses = self.play(answers, acceptable, self.thresholds)
         certified = learn_then_test(
             losses, None, self.epsilon, self.delta, self.procedure, split=self.split,
-            seed=self.seed,
+            seed=self.seed, randomized=self.randomized,
         )  # fmt: skip
         # With no certified threshold, the rule never stops early: it draws every sample.
         index = certified.index
@@ -239,11 +243,13 @@ class StoppingRule:
             if self.loss == "accuracy"
             else "the early answer differs from the full budget's"
         )
-        procedure = procedure_text(self.procedure, 1, self.num_calibration, self.num_testing)
+        procedure = procedure_text(
+            self.procedure, 1, self.num_calibration, self.num_testing, self.randomized
+        )
         return (
             f"with probability >= {1 - self.delta:.2f} over the calibration draw, {event} with "
             f"probability <= {self.epsilon:.2f} (Learn-then-Test over stopping thresholds, "
-            f"binomial tail, {procedure}, {self.num_calibration} exchangeable calibration "
+            f"{procedure}, {self.num_calibration} exchangeable calibration "
             f"problems of {self.max_samples} {self.unit}s)"
         )
 
@@ -300,6 +306,7 @@ class StoppingRule:
             data["delta"],
             thresholds=data["thresholds"],
             **{k: data[k] for k in options},
+            randomized=data.get("randomized", False),
         )
         rule.threshold = float(data["threshold"])
         rule.pvalues = np.asarray(data["pvalues"], dtype=float)
@@ -316,6 +323,6 @@ class StoppingRule:
 
 
 _SAVED = (
-    "epsilon", "delta", "loss", "max_samples", "unit", "procedure", "split", "seed",
+    "epsilon", "delta", "loss", "max_samples", "unit", "procedure", "split", "seed", "randomized",
     "num_calibration", "num_testing", "loss_rate", "mean_samples", "samples_saved",
 )  # fmt: skip

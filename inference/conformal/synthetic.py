@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import special
+from scipy import integrate, special, stats
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,19 @@ class ConfidencePool:
         right = self.accuracy * special.betainc(self.b, self.a + self.power, 1.0 - thresholds)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(rate > 0, 1.0 - right / np.where(rate > 0, rate, 1.0), 0.0)
+
+    def error_probability(self, confidence) -> np.ndarray:
+        """Chance that the MAP answer is wrong at each confidence."""
+        return 1.0 - np.asarray(confidence, dtype=float) ** self.power
+
+    def tilted_risk(self, threshold: float, shift: float) -> float:
+        """Error rate at ``threshold`` once every error's log-odds grows by ``shift``."""
+
+        def tilted(c):
+            return _tilt(self.error_probability(c), shift) * stats.beta.pdf(c, self.a, self.b)
+
+        mass = integrate.quad(tilted, threshold, 1.0, limit=200)[0]
+        return mass / float(self.answer_rate(threshold))
 
     def oracle(self, risk: float, thresholds) -> float:
         """Answer rate of the best threshold in ``thresholds`` whose true risk is <= ``risk``."""
@@ -103,7 +116,21 @@ class VotePool:
         wrong = (wrong * (1 - np.asarray(self.correct))).sum(axis=-1)
         return np.where(rate > 0, wrong / np.where(rate > 0, rate, 1.0), 0.0)
 
+    def error_probability(self, confidence) -> np.ndarray:
+        distance = np.subtract.outer(np.asarray(confidence, dtype=float), self.values)
+        return 1.0 - np.asarray(self.correct)[np.abs(distance).argmin(axis=-1)]
+
+    def tilted_risk(self, threshold: float, shift: float) -> float:
+        answered = self._answered(threshold) * np.asarray(self.probability)
+        errors = _tilt(1.0 - np.asarray(self.correct), shift)
+        return float((answered * errors).sum() / answered.sum())
+
     oracle = ConfidencePool.oracle
+
+
+def _tilt(error, shift: float):
+    """``error`` with its log-odds raised by ``shift``."""
+    return special.expit(special.logit(np.clip(error, 1e-12, 1 - 1e-12)) + shift)
 
 
 @dataclass(frozen=True)

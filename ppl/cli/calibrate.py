@@ -106,7 +106,21 @@ METHODS = ("answer-sets", "abstention", "budget", "stopping")
     type=click.IntRange(min=1),
     help="budget, stopping: draws available per problem. [default: the fewest of a run]",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="answer-sets: seed.")
+@click.option(
+    "--randomized/--no-randomized",
+    default=True,
+    show_default=True,
+    help="Randomize where counts are whole numbers (answer-sets: the set size at the "
+    "threshold; abstention, budget, stopping: the binomial p-values), to hit the level "
+    "exactly and gain power; --no-randomized for a result fixed by the data alone.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the randomization and of the split (abstention, budget, stopping).",
+)
 @click.option(
     "--evaluate",
     "evaluate_dir",
@@ -131,6 +145,7 @@ def calibrate(
     unit: str,
     rule: str,
     max_samples: int | None,
+    randomized: bool,
     seed: int,
     evaluate_dir: str | None,
     out: str,
@@ -145,9 +160,10 @@ def calibrate(
     """
     data = load_runs(runs_dir)
     calibration: Calibration
-    testing = {"procedure": procedure} if procedure else {}
+    randomness = {"randomized": randomized, "seed": seed}
+    testing = {**randomness, **({"procedure": procedure} if procedure else {})}
     if method == "answer-sets":
-        calibration = AnswerSets(alpha, score=score, seed=seed)
+        calibration = AnswerSets(alpha, score=score, **randomness)
     elif method == "abstention":
         calibration = Abstention(alpha, delta, confidence=confidence, **testing)
     elif method == "budget":

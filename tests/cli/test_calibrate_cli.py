@@ -84,6 +84,7 @@ def test_calibrate_answer_sets_and_evaluate(runs, tmp_path):
         ("abstention", ["--alpha", 0.4, "--procedure", "fixed-sequence"], "threshold"),
         ("budget", ["--alpha", 0.3, "--procedure", "split-start"], "parameter"),
         ("stopping", ["--alpha", 0.1], "threshold"),
+        ("stopping", ["--alpha", 0.1, "--no-randomized", "--seed", 3], "threshold"),
     ],
 )
 def test_calibrate_other_methods(runs, tmp_path, method, options, fact):
@@ -97,6 +98,9 @@ def test_calibrate_other_methods(runs, tmp_path, method, options, fact):
     if "--procedure" in options:
         assert loaded.procedure == options[options.index("--procedure") + 1]
         assert f"procedure: {loaded.procedure}" in result.output
+    plain = "--no-randomized" in options
+    assert loaded.randomized is not plain and loaded.seed == (3 if plain else 0)
+    assert ("randomized binomial tail" in loaded.guarantee()) is not plain
 
 
 def test_calibrate_stopping_over_runs_and_apply_it(tmp_path):
