@@ -80,7 +80,7 @@ class Abstention:
     binomial p-values (``inference.conformal.ltt.binomial_pvalues``): as
     valid as the plain ones and more powerful, since a whole-number count
     of errors otherwise leaves part of ``delta`` unused (on the synthetic
-    pools they answered up to 0.09 more of the oracle's answer rate). Set
+    pools they answered up to 0.07 more of the oracle's answer rate). Set
     ``randomized=False`` for a threshold that depends on the data alone.
 
     Guarantee: if calibration and new problems are exchangeable, then with

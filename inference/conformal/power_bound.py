@@ -3,8 +3,9 @@
 Judging a rule's power against the oracle (the best threshold whose true
 risk meets the target) mixes two things: what the rule wastes and what no
 rule could certify from the calibration problems at hand. This module
-bounds the second, for every rule valid at ``delta`` for every distribution
-of problems, by the Neyman-Pearson lemma.
+bounds the second, for every rule that picks one of the candidate
+thresholds and is valid at ``delta`` for every distribution of problems,
+by the Neyman-Pearson lemma.
 
 For a candidate threshold ``t`` answering a fraction ``r(t)``, let ``Q_t``
 be the pool with the same confidences in which every threshold answering
@@ -31,7 +32,7 @@ import numpy as np
 from scipy import optimize
 
 from inference.conformal.abstention import DEFAULT_THRESHOLDS
-from inference.conformal.synthetic import _tilt
+from inference.conformal.synthetic import shift_log_odds
 
 # The null sits this far above the target, so every threshold it concerns truly fails it.
 MARGIN = 1e-3
@@ -48,7 +49,7 @@ def abstention_power_bound(
     draws: int = 10_000,
     seed: int = 0,
 ) -> float:
-    """Upper bound on any valid rule's mean answer rate (where it meets ``risk``) over the oracle's.
+    """Bound on a valid rule's mean answer rate (where it meets ``risk``) over the oracle's.
 
     ``pool`` is a ``ConfidencePool`` or ``VotePool``. With one confidence
     value every problem is answered alike and the bound is the power of
@@ -75,7 +76,7 @@ def abstention_power_bound(
     return total / oracle if oracle > 0 else 0.0
 
 
-def null_errors(pool, threshold: float, risk: float):
+def _null_errors(pool, threshold: float, risk: float):
     """The error probability of ``Q_t``, as a function of confidence (see the module)."""
     target = risk + MARGIN
     shift = 0.0
@@ -85,7 +86,7 @@ def null_errors(pool, threshold: float, risk: float):
     def errors(confidence):
         error = pool.error_probability(confidence)
         return np.where(
-            confidence >= threshold - 1e-9, _tilt(error, shift), np.maximum(error, target)
+            confidence >= threshold - 1e-9, shift_log_odds(error, shift), np.maximum(error, target)
         )
 
     return errors
@@ -93,7 +94,7 @@ def null_errors(pool, threshold: float, risk: float):
 
 def _most_powerful_test(pool, threshold, risk, delta, num_problems, draws, rng) -> float:
     """Power of the randomized likelihood-ratio test of ``Q_t`` against the pool."""
-    null = null_errors(pool, threshold, risk)
+    null = _null_errors(pool, threshold, risk)
     true_ratio, null_ratio = [], []
     for _ in range(-(-draws // CHUNK)):
         confidence = pool.draw(CHUNK * num_problems, rng)[0].reshape(CHUNK, num_problems)

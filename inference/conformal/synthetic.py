@@ -74,7 +74,9 @@ class ConfidencePool:
         """Error rate at ``threshold`` once every error's log-odds grows by ``shift``."""
 
         def tilted(c):
-            return _tilt(self.error_probability(c), shift) * stats.beta.pdf(c, self.a, self.b)
+            return shift_log_odds(self.error_probability(c), shift) * stats.beta.pdf(
+                c, self.a, self.b
+            )
 
         mass = integrate.quad(tilted, threshold, 1.0, limit=200)[0]
         return mass / float(self.answer_rate(threshold))
@@ -122,14 +124,19 @@ class VotePool:
 
     def tilted_risk(self, threshold: float, shift: float) -> float:
         answered = self._answered(threshold) * np.asarray(self.probability)
-        errors = _tilt(1.0 - np.asarray(self.correct), shift)
+        errors = shift_log_odds(1.0 - np.asarray(self.correct), shift)
         return float((answered * errors).sum() / answered.sum())
 
     oracle = ConfidencePool.oracle
 
 
-def _tilt(error, shift: float):
-    """``error`` with its log-odds raised by ``shift``."""
+def shift_log_odds(error, shift: float):
+    """``error`` (probabilities) with their log-odds raised by ``shift``.
+
+    Example:
+        >>> round(float(shift_log_odds(0.5, np.log(3.0))), 3)  # odds 1 -> 3
+        0.75
+    """
     return special.expit(special.logit(np.clip(error, 1e-12, 1 - 1e-12)) + shift)
 
 

@@ -110,8 +110,8 @@ METHODS = ("answer-sets", "abstention", "budget", "stopping")
     "--randomized/--no-randomized",
     default=True,
     show_default=True,
-    help="Randomize where counts are whole numbers (answer-sets: the set size at the "
-    "threshold; abstention, budget, stopping: the binomial p-values), to hit the level "
+    help="Randomize where counts are whole numbers (answer-sets: ties among the calibration "
+    "scores; abstention, budget, stopping: the binomial p-values), to hit the level "
     "exactly and gain power; --no-randomized for a result fixed by the data alone.",
 )
 @click.option(
