@@ -70,15 +70,18 @@ SAMPLING_PROCEDURES = {
 }
 
 
-def _cell(violations: list, gains: list, oracle: float) -> str:
-    """Violation rate, and the mean gain over the oracle's counting only draws that meet the target.
+def kept_power(violations, gains, oracle: float) -> float:
+    """Mean gain over the oracle's, counting only the draws that meet the target.
 
     A draw that breaks the target answers (or saves) more than it may; counting it
     would reward violations: a rule that answered everything on a delta share of
     draws would score delta / oracle.
     """
-    kept = np.where(violations, 0.0, gains)
-    return f"viol {np.mean(violations):.3f} power {np.mean(kept) / oracle:.2f}"
+    return float(np.mean(np.where(np.asarray(violations) > 0, 0.0, gains)) / oracle)
+
+
+def _cell(violations: list, gains: list, oracle: float) -> str:
+    return f"viol {np.mean(violations):.3f} power {kept_power(violations, gains, oracle):.2f}"
 
 
 def best_start_walk(pool, risk: float, calibration: int, splits: int) -> float:
@@ -207,17 +210,16 @@ def stopping_table(calibration: int, splits: int, pool_size: int) -> None:
         fixed = in_chunks(pool, pool_size, max_samples, majority_accuracy)
         probe = StoppingRule(0.1, DELTA, max_samples=max_samples)
         truth = in_chunks(pool, pool_size, max_samples, partial(stopping_outcomes, probe))
+        used, loss, _ = truth
         for epsilon in (0.02, 0.05, 0.1):
-            oracle = 1 - truth[0][truth[1] <= epsilon].min() / max_samples
+            oracle = 1 - used[loss <= epsilon].min() / max_samples
             draws = (pool, epsilon, truth, calibration, splits, max_samples)
             violated, drawn, acc = stopping_draws(*draws)
-            plain = stopping_draws(*draws, randomized=False)
+            plain_violated, plain_drawn, _ = stopping_draws(*draws, randomized=False)
             saved = 1 - drawn.mean() / max_samples
             same = int(np.argmax(fixed >= acc.mean() - 1e-12)) + 1
-            power, plain_power = (
-                np.mean(np.where(v > 0, 0.0, 1 - d / max_samples)) / oracle
-                for v, d in ((violated, drawn), plain[:2])
-            )
+            power = kept_power(violated, 1 - drawn / max_samples, oracle)
+            plain_power = kept_power(plain_violated, 1 - plain_drawn / max_samples, oracle)
             click.echo(
                 f"{name:10}{epsilon:6.2f}{violated.mean():7.3f}{saved:7.3f}{oracle:7.3f}"
                 f"{power:7.2f}{plain_power:7.2f}{acc.mean():10.3f}{fixed[-1]:9.3f}"

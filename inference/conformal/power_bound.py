@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import optimize
 
-from inference.conformal.abstention import DEFAULT_THRESHOLDS
+from inference.conformal.abstention import DEFAULT_THRESHOLDS, TOLERANCE
 from inference.conformal.synthetic import shift_log_odds
 
 # The null sits this far above the target, so every threshold it concerns truly fails it.
@@ -86,7 +86,9 @@ def _null_errors(pool, threshold: float, risk: float):
     def errors(confidence):
         error = pool.error_probability(confidence)
         return np.where(
-            confidence >= threshold - 1e-9, shift_log_odds(error, shift), np.maximum(error, target)
+            confidence + TOLERANCE >= threshold,
+            shift_log_odds(error, shift),
+            np.maximum(error, target),
         )
 
     return errors
